@@ -1,0 +1,1 @@
+"""Tested helpers behind the federated skin-lesion notebook series."""

@@ -1,0 +1,5 @@
+"""Unit-test set-up: draw figures off screen."""
+
+import matplotlib
+
+matplotlib.use("Agg")
