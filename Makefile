@@ -21,14 +21,15 @@ lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
 lint: setup
-	$(PY) -m ruff check helpers tests notebooks benchmarks
-	$(PY) -m ruff format --check helpers tests benchmarks
+	$(PY) -m ruff check helpers tests notebooks benchmarks conftest.py
+	$(PY) -m ruff format --check helpers tests notebooks benchmarks conftest.py
 
 format: setup
-	$(PY) -m ruff format helpers tests benchmarks
-	$(PY) -m ruff check --fix helpers tests notebooks benchmarks
+	$(PY) -m ruff format helpers tests notebooks benchmarks conftest.py
+	$(PY) -m ruff check --fix helpers tests notebooks benchmarks conftest.py
 
-# Unit tests, then every notebook re-executed by nbval (see tests/README.md).
+# Unit tests, then every notebook re-executed by nbval; only cells tagged
+# nbval-check-output have their outputs compared (see the README).
 test: lint
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600
 

@@ -6,7 +6,7 @@ import os
 
 import nbval.plugin
 
-# The notebooks' progress bars are quiet when CI is set; see helpers.progress.
+# Progress bars (helpers.federated.run_federated) are off when CI is set.
 os.environ.setdefault("CI", "true")
 
 _compare_streams = nbval.plugin.transform_streams_for_comparison
@@ -18,14 +18,14 @@ def _streams_without_stderr(outputs):
     Progress bars and library warnings go to stderr and vary across machines and
     library versions. They stay visible in the notebook, but are not compared.
     """
-    kept = [
+    compared = [
         output
         for output in outputs
         if not (
             output.get("output_type") == "stream" and output.get("name") == "stderr"
         )
     ]
-    return _compare_streams(kept)
+    return _compare_streams(compared)
 
 
 nbval.plugin.transform_streams_for_comparison = _streams_without_stderr

@@ -200,8 +200,8 @@ def read_ham10000(
     `<image_id>.jpg` are found anywhere below `root`: in
     `HAM10000_images_part_1` and `_part_2`, the `part1`/`part2` spellings, the
     lower-case copies some mirrors add, one folder, or `root` itself. An image
-    found in several places is read once, from the first path in sorted order; if
-    the copies differ in content a UserWarning names them.
+    found in several places is read once, from the first path in sorted order.
+    Copies are compared byte by byte, and a UserWarning names any that differ.
 
     Each image is centre-cropped to its short side, then resized to side x side
     with Lanczos filtering (JPEGs are first decoded at a reduced scale that keeps
@@ -258,7 +258,7 @@ def read_dermamnist(
     DermaMNIST is HAM10000 resized and split 7:1:2 by image, in the MedMNIST
     layout. It has no lesion ids and no sites: each image gets a made-up lesion
     id equal to its image id (`has_lesion_ids` is False), `sites` is None, and
-    `official_split` holds the file's train/val/test split. Its split is by image,
+    `official_split` is the file's train/val/test split. Its split is by image,
     so near-copies of one lesion can sit in train and test.
 
     Args:
@@ -267,8 +267,8 @@ def read_dermamnist(
         download: fetch the official file with its MD5 checked if it is missing.
 
     Raises:
-        FileNotFoundError: if the file is missing and `download` is False; the
-            message says where to get it and where to put it.
+        FileNotFoundError: if the file is missing and `download` is False. The
+            message tells where to get it and where to put it.
         ValueError: if the file is not a valid DermaMNIST `.npz`.
         ConnectionError: if the download fails.
     """
@@ -327,8 +327,8 @@ def download_dermamnist(root: str | os.PathLike = DATA_DIR, *, side: int = 28) -
 
     Raises:
         ValueError: on an unknown side, or if the download fails its MD5 check.
-        ConnectionError: if the file cannot be fetched (offline, for example);
-            the message says how to fetch it by hand.
+        ConnectionError: if the file cannot be fetched (offline, for example).
+            The message tells how to fetch it by hand.
     """
     if side not in DERMAMNIST_MD5:
         raise ValueError(
@@ -388,8 +388,8 @@ def load_dataset(
 
     Raises:
         ValueError: on an unknown name, or a DermaMNIST file of another side.
-        FileNotFoundError: if the real data are missing; the message says where
-            to get them and where to put them.
+        FileNotFoundError: if the real data are missing. The message tells
+            where to get them and where to put them.
     """
     key = name.lower() if isinstance(name, str) else name
     if key == "synthetic":
@@ -415,7 +415,7 @@ def load_dataset(
         data = read_dermamnist(path)
         if data.side != side:
             raise ValueError(
-                f"{path} holds {data.side} px images but side={side} was requested. "
+                f"{path} contains {data.side} px images but side={side} was requested. "
                 f"Use side={data.side}, or fetch the {side} px file with "
                 f"download_dermamnist(side={side}) if MedMNIST+ has that size "
                 f"({sorted(DERMAMNIST_MD5)})."
@@ -767,7 +767,7 @@ def _locate_dermamnist(path: Path) -> tuple[Path, int]:
 
     match = re.fullmatch(r"dermamnist(?:_(\d+))?\.npz", path.name)
     if match is None:
-        # Any other file name is read as given; a download needs the official name.
+        # Any other file name is read as given. A download needs an official name.
         return path, 28
     return path, int(match.group(1) or 28)
 
@@ -822,7 +822,7 @@ def _load_dermamnist_arrays(file: Path) -> dict[str, np.ndarray]:
 def _check_dermamnist_arrays(
     arrays: dict[str, np.ndarray], file: Path
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Check shapes, dtypes and label range; return images, labels and split."""
+    """Check shapes, dtypes and label range, then return images, labels, split."""
     sides = set()
     all_images, all_labels, all_splits = [], [], []
     for name in DERMAMNIST_SPLITS:

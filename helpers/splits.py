@@ -105,6 +105,7 @@ def split_by_lesion(
     *,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
+    strata: np.ndarray | None = None,
 ) -> np.ndarray:
     """Split images into train, validation and test, grouped by lesion.
 
@@ -115,12 +116,19 @@ def split_by_lesion(
     `fractions`, as far as whole lesions allow. A lesion whose images carry
     different labels counts as its most frequent label.
 
+    With `strata` (for example the acquisition site of each image), each
+    combination of stratum and class is split close to `fractions`, so every
+    site, and so every hospital of the site partition, gets its share of
+    validation and test images. Without it a site of one-image lesions would
+    fill the held-out parts disproportionately.
+
     Args:
         labels: (N,) class label per image.
         lesion_ids: (N,) lesion id per image; images of one lesion share an id.
         fractions: target image fractions of train, validation and test; each
             positive, summing to 1.
         seed: seed for the order in which equal-sized lesions are dealt out.
+        strata: optional (N,) extra stratification key per image.
 
     Returns:
         (N,) str array of "train", "val" or "test" per image.
@@ -135,6 +143,12 @@ def split_by_lesion(
     if labels.size == 0:
         raise ValueError("labels is empty; there are no images to split.")
     fractions = _check_fractions(fractions)
+    if strata is not None:
+        strata = _as_1d(strata, "strata")
+        _check_same_length(labels=labels, strata=strata)
+        # One stratification class per (stratum, label) pair that occurs.
+        keys = np.char.add(np.char.add(strata.astype(str), "\x1f"), labels.astype(str))
+        labels = np.unique(keys, return_inverse=True)[1].astype(np.int64)
 
     group_of_image, group_class, group_size, class_count = _groups(labels, lesion_ids)
     n_groups = group_size.size

@@ -7,20 +7,24 @@ dermoscopy looks in detail:
   at their sizes, each with its own class mix (the `dataset` column);
 - several images of one lesion (slightly different views), as many per lesion
   as at each real site, and a few lesions photographed at two sites;
-- visual cues per diagnosis: melanoma large, asymmetric, irregular, several
-  colours including blue-grey; nevus round, regular, uniform brown with a fine
-  network; basal cell carcinoma pearly pink with branching red vessels and
-  blue-grey nests; actinic keratosis a rough reddish scaly patch; benign
-  keratosis waxy light brown with a sharp edge; dermatofibroma small with a
-  brown ring round a pale centre; vascular lesions red-purple with lacunae;
+- visual cues per diagnosis:
+  - melanoma: large, asymmetric, irregular border, several colours including
+    blue-grey regression areas;
+  - nevus: round, regular, uniform brown with a fine network;
+  - basal cell carcinoma: pearly pink with branching red vessels and blue-grey
+    nests;
+  - actinic keratosis: a rough, reddish, scaly patch;
+  - benign keratosis: waxy light brown with a sharp edge;
+  - dermatofibroma: small, a brown ring round a pale centre;
+  - vascular lesion: red-purple with dark lacunae;
 - patient skin tone, hair, uneven lighting and vignetting;
 - a colour cast, zoom, field of view, sharpness and noise level per site.
 
-Some lesions of each class borrow part of their look from a commonly confused
-class (melanoma from nevus, for example); that, the within-class variation and
-the pixel noise set how hard the task is. The constants below were calibrated
-once so that the tutorial CNN behaves on this data roughly as small CNNs do on
-real HAM10000, and are not meant to be changed per experiment.
+Some lesions of each class borrow part of their look from a class it is often
+confused with (melanoma from nevus, for example). That borrowing, the
+within-class variation and the pixel noise set how hard the task is. The
+constants below were calibrated once so that the tutorial CNN behaves on this
+data roughly as small CNNs do on real HAM10000. They are fixed, not settings.
 
 Everything is drawn from one seed, so the same seed writes the same files.
 """
@@ -53,7 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump whenever the images or metadata change, so that old folders are rewritten.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER_FILE = "synthetic.json"
 IMAGE_SIZE = (96, 72)  # width, height: the 4:3 shape of HAM10000's 600 x 450 images
 MIN_IMAGES = 100
@@ -124,14 +128,14 @@ _NV_MOLEMAX_DX_TYPE_P = (0.06, 0.90, 0.04, 0.0)
 # 0..1; amounts are blend weights in 0..1.
 _CUES = {
     #            akiec  bcc    bkl    df     mel    nv     vasc
-    "radius":    (0.50, 0.46, 0.50, 0.30, 0.62, 0.42, 0.34),
+    "radius":    (0.50, 0.46, 0.50, 0.36, 0.62, 0.42, 0.36),
     "asymmetry": (0.16, 0.12, 0.10, 0.04, 0.26, 0.04, 0.08),
     "irregular": (0.06, 0.04, 0.03, 0.02, 0.09, 0.012, 0.03),
     "softness":  (0.12, 0.09, 0.025, 0.07, 0.05, 0.045, 0.04),
-    "opacity":   (0.60, 0.55, 0.80, 0.75, 0.92, 0.85, 0.88),
-    "base_r":    (0.80, 0.86, 0.64, 0.50, 0.34, 0.48, 0.62),
-    "base_g":    (0.46, 0.66, 0.47, 0.33, 0.20, 0.30, 0.16),
-    "base_b":    (0.40, 0.64, 0.32, 0.24, 0.13, 0.19, 0.28),
+    "opacity":   (0.78, 0.62, 0.80, 0.75, 0.92, 0.85, 0.92),
+    "base_r":    (0.76, 0.88, 0.64, 0.50, 0.34, 0.48, 0.62),
+    "base_g":    (0.38, 0.70, 0.47, 0.33, 0.20, 0.30, 0.16),
+    "base_b":    (0.32, 0.70, 0.32, 0.24, 0.13, 0.19, 0.28),
     "blotch":    (0.25, 0.40, 0.30, 0.00, 0.55, 0.12, 0.10),
     "blotch_r":  (0.88, 0.42, 0.48, 0.50, 0.46, 0.36, 0.40),
     "blotch_g":  (0.70, 0.46, 0.33, 0.33, 0.50, 0.22, 0.10),
@@ -139,9 +143,9 @@ _CUES = {
     "dark":      (0.00, 0.05, 0.10, 0.10, 0.50, 0.05, 0.00),
     "network":   (0.00, 0.00, 0.05, 0.15, 0.30, 0.30, 0.00),
     "tangle":    (0.00, 0.00, 0.20, 0.10, 0.90, 0.10, 0.00),
-    "vessels":   (0.15, 0.75, 0.00, 0.00, 0.05, 0.00, 0.10),
+    "vessels":   (0.15, 0.90, 0.00, 0.00, 0.05, 0.00, 0.10),
     "scale":     (0.50, 0.05, 0.25, 0.00, 0.00, 0.00, 0.00),
-    "ring":      (0.00, 0.00, 0.00, 0.80, 0.00, 0.00, 0.00),
+    "ring":      (0.00, 0.00, 0.00, 0.90, 0.00, 0.00, 0.00),
     "lacunae":   (0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.85),
     "halo":      (0.35, 0.25, 0.00, 0.05, 0.05, 0.00, 0.10),
 }  # fmt: skip
@@ -166,8 +170,9 @@ _CONFUSERS = {
     "vasc": (("bcc", 0.5), ("nv", 0.5)),
 }
 
-# Difficulty. Each lesion's cues are a blend, weight t on its own class and 1 - t
-# on a confuser, with t ~ Beta(_TYPICALITY); then jittered per lesion.
+# Difficulty. Each lesion's cues are a blend of its own class's cues (weight t)
+# and a confuser's (weight 1 - t), with t ~ Beta(_TYPICALITY). The blend is then
+# jittered per lesion.
 _TYPICALITY = (10.0, 1.0)
 _RADIUS_JITTER = 0.15  # log-normal sd of lesion size
 _COLOUR_JITTER = 0.05  # log-normal sd of each colour channel
@@ -538,10 +543,11 @@ def _draw_appearance(
     looks["elongation"] = np.exp(np.abs(rng.normal(0, 0.12, n)))
     looks["orientation"] = rng.uniform(0, 2 * np.pi, n)
 
-    # Radius harmonics: orders 1-3 make the outline asymmetric, 5-11 irregular.
-    orders = np.array([1, 2, 3, 5, 7, 11], np.float32)
+    # Radius harmonics: orders 1-3 make the outline asymmetric, 5-10 irregular
+    # (weaker as the order grows, so borders look ragged rather than star-shaped).
+    orders = np.array([1, 2, 3, 5, 7, 10], np.float32)
     strength = np.where(
-        orders <= 3, cue["asymmetry"][:, None], cue["irregular"][:, None]
+        orders <= 3, cue["asymmetry"][:, None], cue["irregular"][:, None] * 5 / orders
     )
     looks["harmonic_orders"] = np.broadcast_to(orders, (n, orders.size))
     looks["harmonic_amplitude"] = strength * np.abs(rng.normal(0, 1, (n, orders.size)))
@@ -653,7 +659,7 @@ def _render(
 ) -> np.ndarray:
     """Render a batch of images as float RGB (B, H, W, 3) in 0..1.
 
-    `look` holds the lesion parameters of each image, `view` its view
+    `look` contains the lesion parameters of each image, `view` its view
     parameters and `site` its site's imaging parameters, all indexed by image.
     """
     width, height = IMAGE_SIZE

@@ -842,7 +842,7 @@ def test_load_dataset_dermamnist_missing(data_dir):
 def test_load_dataset_dermamnist_other_side(data_dir):
     path = write_dermamnist(data_dir / "small.npz")
 
-    with pytest.raises(ValueError, match="holds 28 px images but side=64"):
+    with pytest.raises(ValueError, match="contains 28 px images but side=64"):
         load_dataset("dermamnist", root=path, side=64)
 
 

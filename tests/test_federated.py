@@ -12,6 +12,7 @@ from helpers.datasets import images_to_tensor
 from helpers.federated import (
     History,
     ServerMomentum,
+    cosine_lr,
     evaluate,
     fedavg,
     run_federated,
@@ -645,3 +646,83 @@ def test_evaluate_rejects_mismatched_labels():
 
     with pytest.raises(ValueError, match="one label per image"):
         evaluate(tiny_model(), images, labels[:4])
+
+
+# Learning-rate schedules.
+
+
+def test_cosine_lr_values():
+    schedule = cosine_lr(0.1, 4)
+
+    # Half a cosine over 4 steps: 1, (1 + cos(pi/4))/2, 1/2, (1 + cos(3pi/4))/2.
+    expected = [0.1, 0.1 * (1 + 2**-0.5) / 2, 0.05, 0.1 * (1 - 2**-0.5) / 2]
+    assert [schedule(t) for t in range(1, 5)] == pytest.approx(expected)
+
+
+def test_cosine_lr_rejects_bad_input():
+    with pytest.raises(ValueError, match="initial"):
+        cosine_lr(0.0, 4)
+    with pytest.raises(ValueError, match="total"):
+        cosine_lr(0.1, 0)
+    with pytest.raises(ValueError, match="outside"):
+        cosine_lr(0.1, 4)(5)
+
+
+def recording_lr_step(seen_lrs):
+    def step(model, dataset, **options):
+        seen_lrs.append(options["lr"])
+        return 0.0
+
+    return step
+
+
+def test_run_federated_follows_schedule(monkeypatch):
+    monkeypatch.setenv("CI", "1")
+    seen_lrs = []
+
+    run_federated(
+        tiny_model(),
+        separable_hospitals(2),
+        rounds=3,
+        lr=lambda round_number: 0.1 * round_number,
+        local_step=recording_lr_step(seen_lrs),
+    )
+
+    # Two hospitals per round, each trained at that round's rate.
+    assert seen_lrs == pytest.approx([0.1, 0.1, 0.2, 0.2, 0.3, 0.3])
+
+
+def test_baselines_follow_schedule():
+    images, labels = separable_part(8, seed=0)
+    pooled_lrs, local_lrs = [], []
+
+    train_pooled(
+        tiny_model(),
+        images,
+        labels,
+        epochs=3,
+        lr=cosine_lr(0.1, 3),
+        local_step=recording_lr_step(pooled_lrs),
+    )
+    train_local_only(
+        tiny_model(),
+        separable_hospitals(1)[0],
+        epochs=2,
+        lr=lambda epoch: 0.01 * epoch,
+        local_step=recording_lr_step(local_lrs),
+    )
+
+    assert pooled_lrs == pytest.approx([0.1, 0.075, 0.025])
+    assert local_lrs == pytest.approx([0.01, 0.02])
+
+
+def test_schedule_rejects_non_positive_rate(monkeypatch):
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(ValueError, match="learning rate at round or epoch 2"):
+        run_federated(
+            tiny_model(),
+            separable_hospitals(2),
+            rounds=2,
+            lr=lambda round_number: 0.1 if round_number == 1 else 0.0,
+            local_step=unchanged_step,
+        )

@@ -107,6 +107,31 @@ def test_split_rare_class_exact_shares():
     assert np.sum(rare == "test") == 3
 
 
+def test_split_strata_balance_sites():
+    # Site "single" has only one-image lesions, site "multi" lesions of 1-6
+    # images: without strata the greedy split fills val/test from "single".
+    multi_labels, multi_ids = make_lesions(600, seed=1)
+    rng = np.random.default_rng(2)
+    single_labels = rng.choice(len(CLASSES), size=900, p=CLASS_FREQUENCIES)
+    single_ids = np.array([f"single_{k}" for k in range(900)])
+    labels = np.concatenate([multi_labels, single_labels])
+    lesion_ids = np.concatenate([multi_ids, single_ids])
+    sites = np.array(["multi"] * multi_labels.size + ["single"] * 900)
+
+    split = split_by_lesion(labels, lesion_ids, seed=0, strata=sites)
+
+    for site in ("multi", "single"):
+        held_out = np.mean(split[sites == site] != "train")
+        assert held_out == pytest.approx(0.3, abs=0.02), site
+    assert_groups_whole(split, lesion_ids)
+
+
+def test_split_strata_length_mismatch(lesions):
+    labels, lesion_ids = lesions
+    with pytest.raises(ValueError, match="strata"):
+        split_by_lesion(labels, lesion_ids, strata=np.array(["a"]))
+
+
 def test_split_deterministic_from_seed(lesions):
     labels, lesion_ids = lesions
     first = split_by_lesion(labels, lesion_ids, seed=7)
