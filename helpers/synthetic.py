@@ -57,7 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump whenever the images or metadata change, so that old folders are rewritten.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MARKER_FILE = "synthetic.json"
 IMAGE_SIZE = (96, 72)  # width, height: the 4:3 shape of HAM10000's 600 x 450 images
 MIN_IMAGES = 100
