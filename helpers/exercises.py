@@ -22,7 +22,8 @@ _TOLERANCE = 1e-6
 
 
 def _verdict(correct: bool, message: str) -> bool:
-    print(("Correct. " if correct else "Not yet. ") + message)
+    sentence = message[:1].upper() + message[1:]
+    print(("Correct. " if correct else "Not yet. ") + sentence)
     return correct
 
 
