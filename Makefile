@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test lint format benchmark clean-data
+.PHONY: setup lab test lint format benchmark clean-data student rerun
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,16 +17,17 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
+# JupyterLab refuses to start as root (common in containers) without --allow-root.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 lint: setup
-	$(PY) -m ruff check helpers tests notebooks benchmarks conftest.py
-	$(PY) -m ruff format --check helpers tests notebooks benchmarks conftest.py
+	$(PY) -m ruff check helpers tests tools notebooks benchmarks conftest.py
+	$(PY) -m ruff format --check helpers tests tools notebooks benchmarks conftest.py
 
 format: setup
-	$(PY) -m ruff format helpers tests notebooks benchmarks conftest.py
-	$(PY) -m ruff check --fix helpers tests notebooks benchmarks conftest.py
+	$(PY) -m ruff format helpers tests tools notebooks benchmarks conftest.py
+	$(PY) -m ruff check --fix helpers tests tools notebooks benchmarks conftest.py
 
 # Unit tests, then every notebook re-executed by nbval; only cells tagged
 # nbval-check-output have their outputs compared (see the README).
@@ -35,6 +36,20 @@ test: lint
 
 benchmark: setup
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/privacy_bench.py
+	$(PY) benchmarks/secagg_bench.py
 
 clean-data:
 	rm -rf data/cache data/synthetic-*
+
+# The notebooks without their solution cells and outputs, for learners.
+student: setup
+	$(PY) -m tools.student
+
+# Every notebook, or NOTEBOOKS="01 02", executed on DATASET (and DATA_ROOT) into
+# build/rerun-$(DATASET)/; SET="SEED=1 ROUNDS=5" replaces further settings.
+DATASET ?= synthetic
+rerun: setup
+	$(PY) -m tools.rerun --dataset "$(DATASET)" \
+		$(if $(DATA_ROOT),--data-root "$(DATA_ROOT)") \
+		$(addprefix --set ,$(SET)) $(NOTEBOOKS)

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from helpers.attacks import dp_roc_bound
 from helpers.classes import CLASSES
+from helpers.exercises import verdict
 from helpers.hospital import Hospital, Update
 from helpers.models import SkinLesionCNN
 
@@ -22,12 +23,6 @@ _TOLERANCE = 1e-6
 
 # Checker cases use tiny images and a tiny CNN, so that they run in a blink.
 _SIDE = 8
-
-
-def _verdict(correct: bool, message: str) -> bool:
-    sentence = message[:1].upper() + message[1:]
-    print(("Correct. " if correct else "Not yet. ") + sentence)
-    return correct
 
 
 def check_label_from_update(function: Callable[[Update], int]) -> bool:
@@ -48,13 +43,13 @@ def check_label_from_update(function: Callable[[Update], int]) -> bool:
 
         got = function(update)
         if got != label:
-            return _verdict(
+            return verdict(
                 False,
                 f"for an image of class {label} ({CLASSES[label]}) your function "
                 f"returned {got!r}. Look for the one positive entry of "
                 "update.delta['head.bias'].",
             )
-    return _verdict(
+    return verdict(
         True, "the sign of the bias update gives away the label of every class."
     )
 
@@ -80,13 +75,13 @@ def check_auc_by_pairs(function: Callable[[np.ndarray, np.ndarray], float]) -> b
         expected = roc_auc_score(truth, np.r_[members, nonmembers])
         got = function(members, nonmembers)
         if got is None or not abs(float(got) - expected) < _TOLERANCE:
-            return _verdict(
+            return verdict(
                 False,
                 f"for members {members[:4]} and non-members {nonmembers[:4]} "
                 f"(first 4 shown) the AUC is {expected:.4f}, yours is {got}: "
                 f"{hint}",
             )
-    return _verdict(True, "your pair count equals sklearn's roc_auc_score.")
+    return verdict(True, "your pair count equals sklearn's roc_auc_score.")
 
 
 def check_dp_tpr_bound(
@@ -95,17 +90,17 @@ def check_dp_tpr_bound(
     """Check the highest TPR an (epsilon, delta)-DP model allows at one FPR."""
     expected = dp_roc_bound(epsilon, delta, fpr)
     if abs(answer - expected) <= 1e-6 * max(1.0, expected):
-        return _verdict(
+        return verdict(
             True,
             f"at FPR {fpr:g}, no attack on an (epsilon={epsilon:g}, "
             f"delta={delta:g})-DP model exceeds TPR {expected:.4f}.",
         )
     only_first = min(math.exp(epsilon) * fpr + delta, 1.0)
     if abs(answer - only_first) <= 1e-6 and only_first != expected:
-        return _verdict(
+        return verdict(
             False, "the second inequality is tighter here: take the minimum of both."
         )
-    return _verdict(
+    return verdict(
         False,
         "evaluate min(e^epsilon * FPR + delta, 1 - e^-epsilon * (1 - delta - FPR)).",
     )
@@ -117,13 +112,13 @@ def check_local_steps(
     """Check how many SGD steps a hospital takes in one round."""
     expected = local_epochs * math.ceil(n_images / batch_size)
     if answer == expected:
-        return _verdict(
+        return verdict(
             True,
             f"{local_epochs} epoch(s) of {math.ceil(n_images / batch_size)} "
             f"batch(es): the attacker unrolls {expected} steps.",
         )
     if answer == local_epochs * (n_images // batch_size):
-        return _verdict(False, "the last, smaller batch of an epoch is a step too.")
-    return _verdict(
+        return verdict(False, "the last, smaller batch of an epoch is a step too.")
+    return verdict(
         False, "each local epoch takes one step per batch of batch_size images."
     )

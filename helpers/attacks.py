@@ -32,6 +32,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
@@ -91,15 +92,18 @@ def simulate_local_update(
 
     Args:
         model: the global model, in the state the hospital received it.
-        images: float tensor (N, 3, side, side) in [0, 1].
-        labels: int64 class indices (N,), or float class probabilities (N, K)
-            (soft labels, whose cross-entropy weights each class by its share).
+        images: float tensor (N, 3, side, side) in [0, 1]. Another float dtype
+            (float16, float64) is converted to the dtype of the model's weights.
+        labels: int64 class indices (N,) in 0..K-1, or float class probabilities
+            (N, K) whose rows sum to 1 (soft labels, whose cross-entropy weights
+            each class by its share).
         lr: the hospital's learning rate.
         local_epochs: passes over the images.
         batch_size: images per SGD step. The number of local steps is
             local_epochs * ceil(N / batch_size).
         momentum, weight_decay: the hospital's SGD settings.
-        class_weights: per-class loss weights (K,), or None.
+        class_weights: per-class loss weights (K,), finite and >= 0 and positive
+            for every class in `labels`, or None.
         orders: one permutation of range(N) per local epoch, the order in which
             the hospital visited its images. None visits them in the given order
             in every epoch, which is all an attacker can assume. With one local
@@ -114,47 +118,42 @@ def simulate_local_update(
     masks of its own and the update differs from the hospital's.
 
     Raises:
-        ValueError: on mismatched shapes, invalid settings or orders.
+        TypeError: if `images` is not a float tensor or `labels` are neither
+            integer class indices nor float probabilities.
+        ValueError: on mismatched shapes, images outside [0, 1] or NaN, labels
+            outside 0..K-1, soft labels that are not probabilities, invalid
+            class weights, settings or orders, or an update with NaN or infinite
+            values (local training diverged).
     """
-    targets = _check_targets(images, labels)
-    _check_training_settings(
+    settings = _training_settings(
         lr=lr,
         local_epochs=local_epochs,
         batch_size=batch_size,
         momentum=momentum,
         weight_decay=weight_decay,
     )
-    epoch_orders = _epoch_orders(orders, len(images), local_epochs)
-    differentiable = images.requires_grad or (
-        torch.is_floating_point(targets) and targets.requires_grad
+    dtype = _parameter_dtype(model)
+    images = _check_training_images(images, dtype)
+    n_classes = _n_logits(model, images[:1].detach())
+    targets = _check_targets(labels, len(images), n_classes, dtype)
+    weights = _check_class_weights(class_weights, n_classes, dtype)
+    _check_example_weights(targets, weights)
+    epoch_orders = _epoch_orders(orders, len(images), settings.pop("local_epochs"))
+
+    delta = _replay_local_training(
+        model,
+        images,
+        targets,
+        epoch_orders=epoch_orders,
+        class_weights=weights,
+        **settings,
     )
 
-    start = {
-        name: parameter.detach().requires_grad_(True)
-        for name, parameter in model.named_parameters()
-    }
-    params = dict(start)
-    velocity: dict[str, torch.Tensor] = {}
-    was_training = model.training
-    model.train()
-    try:
-        for order in epoch_orders:
-            for first in range(0, len(order), batch_size):
-                batch = order[first : first + batch_size]
-                logits = functional_call(model, params, (images[batch],))
-                loss = _cross_entropy(logits, targets[batch], class_weights)
-                grads = torch.autograd.grad(
-                    loss, list(params.values()), create_graph=differentiable
-                )
-                params = _sgd_step(
-                    params, grads, velocity, lr, momentum, weight_decay, differentiable
-                )
-    finally:
-        model.train(was_training)
-
-    delta = {name: params[name] - start[name].detach() for name in start}
-    if not differentiable:
-        delta = {name: value.detach() for name, value in delta.items()}
+    if not all(torch.all(torch.isfinite(value.detach())) for value in delta.values()):
+        raise ValueError(
+            "The simulated update contains NaN or infinite values: the local "
+            f"training diverged with lr={settings['lr']!r}. Lower lr."
+        )
     return delta
 
 
@@ -279,7 +278,7 @@ def invert_update(
         update: the hospital's update. Its n_samples sets the number of images.
         lr, local_epochs, batch_size, momentum, weight_decay, class_weights: the
             hospital's training settings (see `simulate_local_update`).
-        labels: the true labels (N,), if the attacker knows them.
+        labels: the true labels (N,) in 0..K-1, if the attacker has them.
         side: image side in pixels. Defaults to `model.side`.
         iterations: optimisation steps per restart.
         step_size: Adam's initial step size, in pixel units.
@@ -292,10 +291,12 @@ def invert_update(
         InversionResult with the best restart's images and labels.
 
     Raises:
-        ValueError: on invalid settings, an update without the model's
-            parameters, an all-zero update, or labels of the wrong length.
+        TypeError: if `update` is not an Update or `labels` are not integers.
+        ValueError: on invalid settings or class weights, an update without the
+            model's parameters, an all-zero or non-finite update, or labels of
+            the wrong length or outside 0..K-1.
     """
-    _check_training_settings(
+    settings = _training_settings(
         lr=lr,
         local_epochs=local_epochs,
         batch_size=batch_size,
@@ -303,24 +304,29 @@ def invert_update(
         weight_decay=weight_decay,
     )
     n_images = _check_update(model, update)
-    _check_attack_settings(
-        iterations=iterations,
-        step_size=step_size,
-        tv_weight=tv_weight,
-        restarts=restarts,
-    )
+    iterations = _check_int(iterations, "iterations")
+    restarts = _check_int(restarts, "restarts")
+    step_size = _check_real(step_size, "step_size")
+    if step_size <= 0:
+        raise ValueError(f"step_size must be positive, got {step_size!r}.")
+    tv_weight = _check_real(tv_weight, "tv_weight")
+    if tv_weight < 0:
+        raise ValueError(f"tv_weight must be >= 0, got {tv_weight!r}.")
+    seed = _check_int(seed, "seed", minimum=0)
+
     side = _image_side(model, side)
-    n_classes = _n_logits(model, side)
-    known_labels, label_source = _attack_labels(model, update, labels, n_images)
-    observed = _flatten(update.delta, [name for name, _ in model.named_parameters()])
-    settings = dict(
-        lr=lr,
-        local_epochs=local_epochs,
-        batch_size=batch_size,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        class_weights=class_weights,
+    dtype = _parameter_dtype(model)
+    n_classes = _n_logits(model, torch.zeros(1, 3, side, side, dtype=dtype))
+    weights = _check_class_weights(class_weights, n_classes, dtype)
+    known_labels, label_source = _attack_labels(
+        model, update, labels, n_images, n_classes
     )
+    if known_labels is not None:
+        _check_example_weights(known_labels, weights)
+    observed = _flatten(update.delta, [name for name, _ in model.named_parameters()])
+    observed = observed.to(dtype)
+    epoch_orders = _epoch_orders(None, n_images, settings.pop("local_epochs"))
+    settings.update(epoch_orders=epoch_orders, class_weights=weights)
 
     bar = tqdm(
         total=iterations * restarts,
@@ -337,6 +343,7 @@ def invert_update(
                     observed,
                     known_labels,
                     shape=(n_images, 3, side, side),
+                    dtype=dtype,
                     n_classes=n_classes,
                     settings=settings,
                     iterations=iterations,
@@ -380,14 +387,20 @@ def psnr(true_images: Images, reconstructed: Images) -> np.ndarray:
 
     PSNR = 10 log10(1 / MSE) for pixel values in [0, 1]: 20 dB is a mean squared
     error of 0.01, and every 10 dB more divides the error by ten. Identical
-    images give infinity.
+    images give infinity. The error is computed in float64 when either input is
+    float64, and in float32 otherwise.
 
     Args:
         true_images, reconstructed: float tensors (N, 3, H, W) in [0, 1], or
             uint8 arrays (N, H, W, 3), paired by index.
 
     Returns:
-        float array (N,).
+        float64 array (N,).
+
+    Raises:
+        TypeError: on other types or dtypes.
+        ValueError: on other shapes, empty or unequal batches, or float values
+            that are NaN or outside [0, 1].
     """
     truth, guess = _image_pair(true_images, reconstructed)
     mse = ((truth - guess) ** 2).flatten(1).mean(dim=1)
@@ -408,9 +421,10 @@ def ssim(true_images: Images, reconstructed: Images) -> np.ndarray:
         true_images, reconstructed: as in `psnr`, at least 11 pixels a side.
 
     Returns:
-        float array (N,).
+        float64 array (N,), computed in float64.
 
     Raises:
+        TypeError, ValueError: on invalid images, as in `psnr`.
         ValueError: on images smaller than the window.
     """
     truth, guess = _image_pair(true_images, reconstructed)
@@ -452,6 +466,9 @@ def reconstruction_quality(true_images: Images, reconstructed: Images) -> dict:
         its matched reconstruction), `assignment` (index of the reconstruction
         matched to each true image), `mean_psnr` and `mean_ssim`. Both SSIM
         entries are None for images under 11 pixels a side (see `ssim`).
+
+    Raises:
+        TypeError, ValueError: on invalid images, as in `psnr`.
     """
     truth, guess = _image_pair(true_images, reconstructed)
     n_images = len(truth)
@@ -543,13 +560,11 @@ class PixelMLP(nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in [
-            ("n_classes", n_classes),
-            ("hidden", hidden),
-            ("side", side),
-        ]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        n_classes = _check_int(n_classes, "n_classes")
+        hidden = _check_int(hidden, "hidden")
+        side = _check_int(side, "side")
+        if seed is not None:
+            seed = _check_int(seed, "seed", minimum=0)
         self.n_classes = n_classes
         self.side = side
         scope = torch.random.fork_rng() if seed is not None else nullcontext()
@@ -641,9 +656,10 @@ def membership_split(
     reference model or target trains on another image of a scored lesion.
 
     Args:
-        lesion_ids: (N,) lesion id per image.
-        candidates: indices of the images to divide, for example the training
-            split; None for all.
+        lesion_ids: (N,) lesion id per image, none of them NaN or None.
+        candidates: integer indices in 0..N-1 of the images to divide, each at
+            most once, for example the training split; None for all. A boolean
+            mask is rejected: pass np.flatnonzero(mask).
         strata: (N,) stratum per image, such as the sites, or None for one.
         shares: image shares of the target, non-member and reference parts.
         seed: seed of the random choices.
@@ -653,29 +669,28 @@ def membership_split(
         stratum, in random order, so every prefix of the two stays matched.
 
     Raises:
-        ValueError: on mismatched lengths, shares that are not three positive
-            numbers summing to 1, no candidates, or no stratum with both target
-            and non-member images.
+        ValueError: on mismatched lengths, NaN or None lesion ids or strata,
+            candidates that are empty, a boolean mask, not integers, out of
+            range or repeated, shares that are not three positive numbers
+            summing to 1, or no stratum with both target and non-member images.
     """
     lesion_ids = np.asarray(lesion_ids)
-    n_images = len(lesion_ids)
-    strata = np.zeros(n_images) if strata is None else np.asarray(strata)
-    candidates = (
-        np.arange(n_images) if candidates is None else np.asarray(candidates, int)
-    )
+    strata = np.zeros(lesion_ids.shape) if strata is None else np.asarray(strata)
     if lesion_ids.ndim != 1 or strata.shape != lesion_ids.shape:
         raise ValueError(
             f"lesion_ids and strata must be 1-D of one length, got shapes "
             f"{lesion_ids.shape} and {strata.shape}."
         )
+    _check_no_missing(lesion_ids, "lesion_ids")
+    _check_no_missing(strata, "strata")
+    candidates = _candidate_indices(candidates, len(lesion_ids))
     shares = np.asarray(shares, dtype=float)
     if shares.shape != (3,) or np.any(shares <= 0) or abs(shares.sum() - 1) > 1e-9:
         raise ValueError(
             f"shares must be three positive numbers summing to 1 (target, "
             f"non-members, reference), got {shares.tolist()}."
         )
-    if len(candidates) == 0:
-        raise ValueError("candidates is empty; pass the images to divide.")
+    seed = _check_int(seed, "seed", minimum=0)
 
     rng = np.random.default_rng(seed)
     part_of_lesion = _assign_lesion_parts(
@@ -854,13 +869,24 @@ def train_reference_models(
         The trained models.
 
     Raises:
-        ValueError: on n_models < 1, a fraction outside (0, 1] or too few examples.
+        ValueError: on n_models, epochs or batch_size that are not ints >= 1, a
+            fraction outside (0, 1], a number of labels other than the number
+            of images, or too few examples.
     """
-    if not isinstance(n_models, int) or n_models < 1:
-        raise ValueError(f"n_models must be an int >= 1, got {n_models!r}.")
+    n_models = _check_int(n_models, "n_models")
+    fraction = _check_real(fraction, "fraction")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction!r}.")
-    n_examples = len(labels)
+    epochs = _check_int(epochs, "epochs")
+    batch_size = _check_int(batch_size, "batch_size")
+    seed = _check_int(seed, "seed", minimum=0)
+    labels = np.asarray(labels)
+    n_examples = len(images)
+    if labels.ndim != 1 or len(labels) != n_examples:
+        raise ValueError(
+            f"labels must have one entry per image, got {len(labels)} labels "
+            f"(shape {labels.shape}) for {n_examples} images."
+        )
     subset_size = int(round(fraction * n_examples))
     if subset_size < 1:
         raise ValueError(
@@ -878,7 +904,7 @@ def train_reference_models(
         train_pooled(
             model,
             images[chosen],
-            np.asarray(labels)[chosen],
+            labels[chosen],
             epochs=epochs,
             lr=lr,
             batch_size=batch_size,
@@ -953,8 +979,12 @@ def dp_roc_bound(
     membership). The bound is capped at 1,
     since no rate exceeds 1.
 
+    e^epsilon * FPR is computed as exp(min(epsilon + log FPR, 0)): where the
+    product exceeds 1 the first term cannot be the minimum, so a large epsilon
+    gives 1 there instead of overflowing.
+
     Args:
-        epsilon: privacy loss, >= 0.
+        epsilon: privacy loss, a finite number >= 0 (Python or NumPy, not bool).
         delta: failure probability, in [0, 1).
         fpr: false-positive rate(s) in [0, 1].
 
@@ -962,23 +992,24 @@ def dp_roc_bound(
         The bound, a float for a float fpr and an array for an array.
 
     Raises:
-        ValueError: on epsilon < 0, delta outside [0, 1), fpr outside [0, 1] or
-            any NaN.
+        ValueError: on epsilon < 0 or infinite, delta outside [0, 1), a bool,
+            fpr outside [0, 1], not numbers, or any NaN.
     """
-    if not (isinstance(epsilon, (int, float, np.floating)) and epsilon >= 0):
+    if not (_is_real(epsilon) and epsilon >= 0):
         raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}.")
     if not math.isfinite(epsilon):
         raise ValueError(
             f"epsilon must be finite, got {epsilon!r}: an infinite epsilon bounds "
             "nothing, so draw no DP region."
         )
-    if not (isinstance(delta, (int, float, np.floating)) and 0 <= delta < 1):
+    if not (_is_real(delta) and 0 <= delta < 1):
         raise ValueError(f"delta must be a number in [0, 1), got {delta!r}.")
-    rates = np.asarray(fpr, dtype=float)
-    if np.any(np.isnan(rates)) or np.any(rates < 0) or np.any(rates > 1):
-        raise ValueError(f"fpr must lie in [0, 1], got {fpr!r}.")
+    rates = _check_rates(fpr)
+    epsilon, delta = float(epsilon), float(delta)
 
-    first = math.exp(epsilon) * rates + delta
+    with np.errstate(divide="ignore"):
+        log_rates = np.log(rates)  # -inf where FPR is 0
+    first = np.exp(np.minimum(epsilon + log_rates, 0.0)) + delta
     second = 1 - math.exp(-epsilon) * (1 - delta - rates)
     bound = np.minimum(np.minimum(first, second), 1.0)
     return float(bound) if bound.ndim == 0 else bound
@@ -1034,6 +1065,7 @@ def _invert_once(
     known_labels: torch.Tensor | None,
     *,
     shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
     n_classes: int,
     settings: dict[str, Any],
     iterations: int,
@@ -1042,11 +1074,14 @@ def _invert_once(
     generator: torch.Generator,
     bar: tqdm,
 ) -> dict[str, Any]:
-    images = torch.rand(shape, generator=generator).requires_grad_(True)
+    images = torch.rand(shape, generator=generator, dtype=dtype)
+    images.requires_grad_(True)
     variables = [images]
     label_logits = None
     if known_labels is None:
-        label_logits = torch.randn(shape[0], n_classes, generator=generator)
+        label_logits = torch.randn(
+            shape[0], n_classes, generator=generator, dtype=dtype
+        )
         label_logits.requires_grad_(True)
         variables.append(label_logits)
 
@@ -1059,7 +1094,7 @@ def _invert_once(
     history = []
     for _ in range(iterations):
         targets = known_labels if label_logits is None else label_logits.softmax(dim=1)
-        simulated = simulate_local_update(model, images, targets, **settings)
+        simulated = _replay_local_training(model, images, targets, **settings)
         distance = 1 - F.cosine_similarity(_flatten(simulated, names), observed, dim=0)
         objective = distance + tv_weight * total_variation(images)
 
@@ -1080,7 +1115,7 @@ def _invert_once(
     targets = known_labels
     if label_logits is not None:
         targets = label_logits.detach().softmax(dim=1)
-    simulated = simulate_local_update(model, final_images, targets, **settings)
+    simulated = _replay_local_training(model, final_images, targets, **settings)
     history[-1] = float(
         1 - F.cosine_similarity(_flatten(simulated, names), observed, dim=0)
     )
@@ -1091,6 +1126,53 @@ def _invert_once(
         else label_logits.detach().softmax(dim=1),
         "loss_history": history,
     }
+
+
+def _replay_local_training(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epoch_orders: Sequence[torch.Tensor],
+    class_weights: torch.Tensor | None,
+    lr: float,
+    batch_size: int,
+    momentum: float,
+    weight_decay: float,
+) -> dict[str, torch.Tensor]:
+    # The steps of simulate_local_update on checked input. Gradient inversion
+    # calls this once per iteration, so it checks nothing itself.
+    differentiable = images.requires_grad or (
+        torch.is_floating_point(targets) and targets.requires_grad
+    )
+
+    start = {
+        name: parameter.detach().requires_grad_(True)
+        for name, parameter in model.named_parameters()
+    }
+    params = dict(start)
+    velocity: dict[str, torch.Tensor] = {}
+    was_training = model.training
+    model.train()
+    try:
+        for order in epoch_orders:
+            for first in range(0, len(order), batch_size):
+                batch = order[first : first + batch_size]
+                logits = functional_call(model, params, (images[batch],))
+                loss = _cross_entropy(logits, targets[batch], class_weights)
+                grads = torch.autograd.grad(
+                    loss, list(params.values()), create_graph=differentiable
+                )
+                params = _sgd_step(
+                    params, grads, velocity, lr, momentum, weight_decay, differentiable
+                )
+    finally:
+        model.train(was_training)
+
+    delta = {name: params[name] - start[name].detach() for name in start}
+    if not differentiable:
+        delta = {name: value.detach() for name, value in delta.items()}
+    return delta
 
 
 def _sgd_step(
@@ -1129,7 +1211,11 @@ def _cross_entropy(
     # label probabilities, which equals F.cross_entropy's weighted mean for
     # one-hot labels.
     log_probs = F.log_softmax(logits, dim=1)
-    weights = torch.ones(logits.shape[1]) if class_weights is None else class_weights
+    weights = (
+        torch.ones(logits.shape[1], dtype=logits.dtype)
+        if class_weights is None
+        else class_weights
+    )
     weighted = targets * weights
     return -(weighted * log_probs).sum() / weighted.sum()
 
@@ -1139,14 +1225,11 @@ def _attack_labels(
     update: Update,
     labels: torch.Tensor | np.ndarray | None,
     n_images: int,
+    n_classes: int,
 ) -> tuple[torch.Tensor | None, str]:
     if labels is not None:
-        known = torch.as_tensor(np.asarray(labels)).long()
-        if known.shape != (n_images,):
-            raise ValueError(
-                f"labels must have shape ({n_images},), one per image of the "
-                f"update, got {tuple(known.shape)}."
-            )
+        known = _class_indices(labels, n_images)
+        _check_label_range(known, n_classes)
         return known, "given"
     if n_images == 1:
         return torch.tensor([infer_label(model, update)]), "inferred"
@@ -1159,7 +1242,7 @@ def _check_update(model: nn.Module, update: Update) -> int:
             f"update must be a helpers.hospital.Update, got {type(update).__name__}."
         )
     n_images = update.n_samples
-    if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)):
+    if not _is_int(n_images):
         raise ValueError(f"update.n_samples must be an int, got {n_images!r}.")
     if n_images < 1:
         raise ValueError(
@@ -1192,40 +1275,34 @@ def _check_update(model: nn.Module, update: Update) -> int:
     return int(n_images)
 
 
-def _check_attack_settings(
-    *, iterations: int, step_size: float, tv_weight: float, restarts: int
-) -> None:
-    if not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an int >= 1, got {iterations!r}.")
-    if not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"restarts must be an int >= 1, got {restarts!r}.")
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size!r}.")
-    if not tv_weight >= 0:
-        raise ValueError(f"tv_weight must be >= 0, got {tv_weight!r}.")
-
-
-def _check_training_settings(
+def _training_settings(
     *,
     lr: float,
     local_epochs: int,
     batch_size: int,
     momentum: float,
     weight_decay: float,
-) -> None:
-    if not lr > 0:
+) -> dict[str, Any]:
+    """Check a hospital's SGD settings and return them as Python numbers."""
+    lr = _check_real(lr, "lr")
+    if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr!r}.")
-    if not isinstance(local_epochs, int) or local_epochs < 1:
-        raise ValueError(f"local_epochs must be an int >= 1, got {local_epochs!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    momentum = _check_real(momentum, "momentum")
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}.")
-    if not weight_decay >= 0:
+    weight_decay = _check_real(weight_decay, "weight_decay")
+    if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
+    return {
+        "lr": lr,
+        "local_epochs": _check_int(local_epochs, "local_epochs"),
+        "batch_size": _check_int(batch_size, "batch_size"),
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+    }
 
 
-def _check_targets(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _check_training_images(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or not torch.is_floating_point(images):
         raise TypeError(
             "images must be a float tensor (N, 3, side, side); convert uint8 arrays "
@@ -1236,20 +1313,138 @@ def _check_targets(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             f"images must have shape (N, 3, side, side) with N >= 1, got "
             f"{tuple(images.shape)}."
         )
+    _check_unit_range(images, "images")
+    # A differentiable conversion, so gradients still reach the caller's images.
+    return images.to(dtype)
+
+
+def _check_targets(
+    labels: torch.Tensor | np.ndarray,
+    n_images: int,
+    n_classes: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    # Hard labels become int64 class indices, and soft labels keep their graph.
     targets = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)
-    if torch.is_floating_point(targets):
-        if targets.ndim != 2 or len(targets) != len(images):
-            raise ValueError(
-                f"soft labels must have shape ({len(images)}, K), got "
-                f"{tuple(targets.shape)}."
-            )
-        return targets
-    if targets.ndim != 1 or len(targets) != len(images):
-        raise ValueError(
-            f"labels must have shape ({len(images)},), one per image, got "
+    if not torch.is_floating_point(targets):
+        indices = _class_indices(targets, n_images)
+        _check_label_range(indices, n_classes)
+        return indices
+
+    if targets.ndim == 1:
+        raise TypeError(
+            f"labels must be integer class indices (N,) or soft labels "
+            f"({n_images}, {n_classes}), got float labels of shape "
             f"{tuple(targets.shape)}."
         )
-    return targets.long()
+    if tuple(targets.shape) != (n_images, n_classes):
+        raise ValueError(
+            f"soft labels must have shape ({n_images}, {n_classes}), one row of "
+            f"class probabilities per image, got {tuple(targets.shape)}."
+        )
+    values = targets.detach().double()
+    row_sums = values.sum(dim=1)
+    if (
+        not torch.all(torch.isfinite(values))
+        or torch.any(values < 0)
+        or not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-4)
+    ):
+        raise ValueError(
+            "soft labels must be class probabilities: finite, >= 0 and summing "
+            f"to 1 in every row, got row sums {row_sums.tolist()}. Apply softmax "
+            "to logits first."
+        )
+    return targets.to(dtype)
+
+
+def _class_indices(labels: torch.Tensor | np.ndarray, n_images: int) -> torch.Tensor:
+    if isinstance(labels, torch.Tensor):
+        indices = labels.detach()
+    else:
+        indices = torch.as_tensor(np.asarray(labels))
+    if indices.ndim != 1 or len(indices) != n_images:
+        raise ValueError(
+            f"labels must have shape ({n_images},), one per image, got "
+            f"{tuple(indices.shape)}."
+        )
+    if (
+        torch.is_floating_point(indices)
+        or torch.is_complex(indices)
+        or indices.dtype == torch.bool
+    ):
+        raise TypeError(f"labels must be integer class indices, got {indices.dtype}.")
+    return indices.long()
+
+
+def _check_label_range(labels: torch.Tensor, n_classes: int) -> None:
+    # Cross-entropy would raise an IndexError above the range and skip the
+    # label -100 (its ignore_index) silently.
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(
+            f"labels must lie in 0..{n_classes - 1}, got "
+            f"{int(labels.min())}..{int(labels.max())}."
+        )
+
+
+def _check_class_weights(
+    class_weights: torch.Tensor | np.ndarray | Sequence[float] | None,
+    n_classes: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    if class_weights is None:
+        return None
+    try:
+        if isinstance(class_weights, torch.Tensor):
+            weights = class_weights.detach().double()
+        else:
+            weights = torch.as_tensor(np.asarray(class_weights, dtype=float))
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"class_weights must be {n_classes} numbers, one per class, got "
+            f"{class_weights!r}."
+        ) from error
+    if weights.shape != (n_classes,):
+        raise ValueError(
+            f"class_weights must have one entry per class ({n_classes}), got "
+            f"shape {tuple(weights.shape)}."
+        )
+    if not torch.all(torch.isfinite(weights)) or torch.any(weights < 0):
+        raise ValueError(
+            f"class_weights must be finite and >= 0, got {weights.tolist()}."
+        )
+    if not torch.any(weights > 0):
+        raise ValueError(
+            "class_weights are all 0, so every weighted loss divides by zero. Give "
+            "the classes positive weights."
+        )
+    return weights.to(dtype)
+
+
+def _check_example_weights(
+    targets: torch.Tensor, class_weights: torch.Tensor | None
+) -> None:
+    # The weighted mean cross-entropy divides by the batch's total weight, so an
+    # image of weight 0 alone in a batch would make the update NaN.
+    if class_weights is None:
+        return
+    if not torch.is_floating_point(targets):
+        present = torch.unique(targets)
+        zero = present[class_weights[present] == 0].tolist()
+        if zero:
+            raise ValueError(
+                f"class_weights are 0 for class indices {zero} that occur in "
+                "labels, so a batch of only those classes would divide by zero. "
+                "Give every class in labels a positive weight."
+            )
+        return
+    image_weights = targets.detach().to(class_weights.dtype) @ class_weights
+    zero = torch.nonzero(image_weights <= 0).flatten().tolist()
+    if zero:
+        raise ValueError(
+            f"class_weights give the soft labels of images {zero} a weight of 0, "
+            "so a batch of only those images would divide by zero. Give every "
+            "class these labels put probability on a positive weight."
+        )
 
 
 def _epoch_orders(
@@ -1275,17 +1470,33 @@ def _epoch_orders(
 
 def _image_side(model: nn.Module, side: int | None) -> int:
     side = getattr(model, "side", None) if side is None else side
-    if not isinstance(side, int) or side < 1:
+    if not _is_int(side) or side < 1:
         raise ValueError(
             f"The image side is unknown or invalid ({side!r}): pass side= for a "
             "model without a `side` attribute."
         )
-    return side
+    return int(side)
 
 
-def _n_logits(model: nn.Module, side: int) -> int:
-    with torch.no_grad():
-        return int(model(torch.zeros(1, 3, side, side)).shape[1])
+def _parameter_dtype(model: nn.Module) -> torch.dtype:
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        raise ValueError(
+            "The model has no parameters, so local training changes nothing. Pass "
+            "the global model the hospital trained."
+        )
+    return parameter.dtype
+
+
+def _n_logits(model: nn.Module, sample: torch.Tensor) -> int:
+    # Eval mode, so that the probe leaves BatchNorm statistics unchanged.
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(model(sample).shape[1])
+    finally:
+        model.train(was_training)
 
 
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -1315,6 +1526,7 @@ def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
 
 
 def _as_float_images(images: Images, name: str) -> torch.Tensor:
+    # float64 stays float64; every other float dtype becomes float32.
     if isinstance(images, np.ndarray):
         return images_to_tensor(images)
     if not isinstance(images, torch.Tensor) or not torch.is_floating_point(images):
@@ -1326,7 +1538,24 @@ def _as_float_images(images: Images, name: str) -> torch.Tensor:
         raise ValueError(
             f"{name} must have shape (N, 3, H, W), got {tuple(images.shape)}."
         )
-    return images.detach().float()
+    _check_unit_range(images, name)
+    images = images.detach()
+    return images if images.dtype == torch.float64 else images.float()
+
+
+def _check_unit_range(images: torch.Tensor, name: str) -> None:
+    values = images.detach()
+    if not torch.all(torch.isfinite(values)):
+        raise ValueError(
+            f"{name} must be floats in [0, 1], got NaN or infinite values."
+        )
+    if values.numel() and (values.min() < 0 or values.max() > 1):
+        raise ValueError(
+            f"{name} must be floats in [0, 1], got values from "
+            f"{float(values.min()):.4g} to {float(values.max()):.4g}. Convert "
+            "uint8 images with helpers.datasets.images_to_tensor, or divide "
+            "0..255 floats by 255."
+        )
 
 
 def _image_pair(
@@ -1334,6 +1563,8 @@ def _image_pair(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     truth = _as_float_images(true_images, "true_images")
     guess = _as_float_images(reconstructed, "reconstructed")
+    if torch.float64 in (truth.dtype, guess.dtype):
+        truth, guess = truth.double(), guess.double()
     if len(truth) == 0:
         raise ValueError("true_images is empty; pass at least one image.")
     if truth.shape != guess.shape:
@@ -1350,16 +1581,11 @@ def _image_pair(
 def _logits_and_labels(
     model: nn.Module, images: Images, labels: np.ndarray | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x = _as_float_images(images, "images")
-    y = torch.as_tensor(np.asarray(labels))
-    if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(
-            f"labels must have shape ({len(x)},), one per image, got {tuple(y.shape)}."
-        )
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    x = _as_float_images(images, "images").to(dtype)
+    y = _class_indices(labels, len(x))
     if len(y) == 0:
         raise ValueError("images is empty; pass at least one example to score.")
-    if torch.is_floating_point(y):
-        raise TypeError(f"labels must be integer class indices, got {y.dtype}.")
 
     was_training = model.training
     model.eval()
@@ -1368,12 +1594,8 @@ def _logits_and_labels(
             logits = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
     finally:
         model.train(was_training)
-    if y.min() < 0 or y.max() >= logits.shape[1]:
-        raise ValueError(
-            f"labels must lie in 0..{logits.shape[1] - 1}, got "
-            f"{int(y.min())}..{int(y.max())}."
-        )
-    return logits, y.long()
+    _check_label_range(y, logits.shape[1])
+    return logits, y
 
 
 def _assign_lesion_parts(
@@ -1407,3 +1629,94 @@ def _check_scores(scores: np.ndarray, name: str) -> np.ndarray:
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{name} contains NaN or infinite values.")
     return values
+
+
+def _check_no_missing(values: np.ndarray, name: str) -> None:
+    missing = np.flatnonzero(pd.isna(values))
+    if missing.size:
+        raise ValueError(
+            f"{name} contains NaN or None at image indices "
+            f"{missing[:10].tolist()}. Give every image a value, so that the "
+            "images of one lesion or stratum can be grouped."
+        )
+
+
+def _candidate_indices(candidates: np.ndarray | None, n_images: int) -> np.ndarray:
+    if candidates is None:
+        return np.arange(n_images)
+
+    indices = np.asarray(candidates)
+    if indices.ndim != 1:
+        raise ValueError(
+            f"candidates must be a 1-D array of image indices, got shape "
+            f"{indices.shape}."
+        )
+    if indices.size == 0:
+        raise ValueError("candidates is empty; pass the images to divide.")
+    if indices.dtype == bool:
+        raise ValueError(
+            "candidates is a boolean mask, but it must contain image indices. Pass "
+            "np.flatnonzero(mask)."
+        )
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(
+            f"candidates must be integer image indices, got dtype {indices.dtype}."
+        )
+
+    outside = indices[(indices < 0) | (indices >= n_images)]
+    if outside.size:
+        raise ValueError(
+            f"candidates must be image indices in 0..{n_images - 1} (lesion_ids "
+            f"has {n_images} images), got {outside[:10].tolist()}. Negative "
+            "indices do not count from the end here."
+        )
+
+    values, counts = np.unique(indices, return_counts=True)
+    repeated = values[counts > 1]
+    if repeated.size:
+        raise ValueError(
+            f"candidates contains image indices more than once: "
+            f"{repeated[:10].tolist()}. Pass each image once, for example "
+            "np.unique(candidates)."
+        )
+    return indices.astype(np.intp)
+
+
+def _check_rates(fpr: float | np.ndarray) -> np.ndarray:
+    rates = np.asarray(fpr)
+    is_number = np.issubdtype(rates.dtype, np.integer) or np.issubdtype(
+        rates.dtype, np.floating
+    )
+    if rates.dtype == bool or not is_number:
+        raise ValueError(
+            f"fpr must be a number or an array of numbers in [0, 1], got {fpr!r}."
+        )
+    rates = rates.astype(float)
+    if np.any(np.isnan(rates)) or np.any(rates < 0) or np.any(rates > 1):
+        raise ValueError(f"fpr must lie in [0, 1], got {fpr!r}.")
+    return rates
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    is_number = isinstance(value, int | float | np.integer | np.floating)
+    return is_number and not isinstance(value, bool)
+
+
+def _check_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Return a Python or NumPy int (not a bool) >= minimum as an int, else raise."""
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_real(value: Any, name: str) -> float:
+    """Return a finite Python or NumPy number (not a bool) as a float, else raise."""
+    if not _is_real(value):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+    return float(value)

@@ -21,9 +21,9 @@ from helpers.splits import label_table, partition_dirichlet
 _TOLERANCE = 1e-6
 
 
-def _verdict(correct: bool, message: str) -> bool:
-    sentence = message[:1].upper() + message[1:]
-    print(("Correct. " if correct else "Not yet. ") + sentence)
+def verdict(correct: bool, message: str) -> bool:
+    """Print a checker's verdict on a learner's answer and return it."""
+    print(("Correct: " if correct else "Not yet: ") + message)
     return correct
 
 
@@ -41,14 +41,14 @@ def check_always_melanoma(
     accuracy_ok = abs(accuracy - expected_accuracy) < 1e-3
     balanced_ok = abs(balanced_accuracy - expected_balanced) < 1e-3
     if accuracy_ok and balanced_ok:
-        return _verdict(
+        return verdict(
             True,
             "Accuracy is the melanoma share; balanced accuracy is "
             "one recall of 1 among the classes present.",
         )
     if not accuracy_ok:
-        return _verdict(False, "Accuracy counts the images whose label is mel.")
-    return _verdict(
+        return verdict(False, "Accuracy counts the images whose label is mel.")
+    return verdict(
         False,
         "Balanced accuracy averages the recall of every class "
         "present: mel has recall 1, every other class 0.",
@@ -66,12 +66,12 @@ def check_leaked_test_images(function: Callable[[np.ndarray, np.ndarray], int]) 
     for split, lesion_ids, expected in cases:
         got = function(np.array(split), np.array(lesion_ids))
         if got != expected:
-            return _verdict(
+            return verdict(
                 False,
                 f"for split {split} and lesion ids {lesion_ids} the answer is "
                 f"{expected}, your function returned {got}.",
             )
-    return _verdict(
+    return verdict(
         True, "Your function counts every test image whose lesion is also in training."
     )
 
@@ -81,7 +81,7 @@ def check_site_with_most_melanoma(
 ) -> bool:
     """Check which acquisition site has the largest fraction of melanoma images."""
     if sites is None:
-        return _verdict(
+        return verdict(
             False,
             "this data set has no acquisition sites; use the "
             "synthetic data or HAM10000.",
@@ -93,10 +93,10 @@ def check_site_with_most_melanoma(
     )
     best = share[share == share.max()].index
     if answer in best:
-        return _verdict(
+        return verdict(
             True, f"{answer}: {share[answer]:.1%} of its images are melanoma."
         )
-    return _verdict(
+    return verdict(
         False,
         "compare each site's melanoma count with its own total, not across sites.",
     )
@@ -118,20 +118,20 @@ def check_rarest_public_count(
     smallest = int(positive.min().min())
 
     if count != smallest:
-        return _verdict(False, f"the smallest non-zero count is not {count}.")
+        return verdict(False, f"the smallest non-zero count is not {count}.")
     if hospital not in table.index or diagnosis not in table.columns:
-        return _verdict(
+        return verdict(
             False,
             f"{hospital!r} / {diagnosis!r} is not a hospital and "
             "a diagnosis code of this federation.",
         )
     if table.loc[hospital, diagnosis] != smallest:
-        return _verdict(
+        return verdict(
             False,
             f"{hospital} has {table.loc[hospital, diagnosis]} "
             f"images of {diagnosis}, not {smallest}.",
         )
-    return _verdict(
+    return verdict(
         True, f"{hospital} reports only {smallest} {diagnosis} image(s) in public."
     )
 
@@ -164,12 +164,12 @@ def check_label_skew(function: Callable[[pd.DataFrame], pd.Series]) -> bool:
         if got.shape != expected.shape or not np.allclose(
             got.to_numpy(), expected.to_numpy(), atol=_TOLERANCE
         ):
-            return _verdict(
+            return verdict(
                 False,
                 f"for the table\n{table}\nthe skews are {expected.round(4).tolist()}, "
                 f"your function returned {got.round(4).tolist()}.",
             )
-    return _verdict(
+    return verdict(
         True,
         "0 for identical mixes, 0.5 for two disjoint equal-sized "
         "hospitals, and right on a random table.",
@@ -190,12 +190,12 @@ def check_more_skewed_alpha(
         )
     expected = max(skews, key=skews.get)
     if answer == expected:
-        return _verdict(
+        return verdict(
             True,
             f"mean skew {skews[0.05]:.3f} at alpha 0.05 against "
             f"{skews[100]:.3f} at alpha 100.",
         )
-    return _verdict(False, "a small alpha concentrates each class on few hospitals.")
+    return verdict(False, "a small alpha concentrates each class on few hospitals.")
 
 
 # Notebook 3: federated averaging.
@@ -224,17 +224,17 @@ def check_fedavg(function: Callable) -> bool:
     got = function(global_state, updates)
 
     if set(got) != set(expected):
-        return _verdict(False, f"return one tensor per key {sorted(expected)}.")
+        return verdict(False, f"return one tensor per key {sorted(expected)}.")
     for key in expected:
         if not torch.allclose(torch.as_tensor(got[key]), expected[key], atol=1e-5):
             unweighted = global_state[key] + sum(u.delta[key] for u in updates) / 3
             if torch.allclose(torch.as_tensor(got[key]), unweighted, atol=1e-5):
-                return _verdict(
+                return verdict(
                     False,
                     "you averaged the updates equally; weight each by its n_samples.",
                 )
-            return _verdict(False, f"{key} differs from the weighted average.")
-    return _verdict(True, "your FedAvg matches the tested helper.")
+            return verdict(False, f"{key} differs from the weighted average.")
+    return verdict(True, "your FedAvg matches the tested helper.")
 
 
 def check_biggest_gain(per_hospital: pd.DataFrame, answer: str) -> bool:
@@ -242,8 +242,8 @@ def check_biggest_gain(per_hospital: pd.DataFrame, answer: str) -> bool:
     gain = per_hospital["federated"] - per_hospital["local only"]
     best = gain[gain == gain.max()].index
     if answer in best:
-        return _verdict(True, f"{answer} gains {gain[answer]:+.3f} balanced accuracy.")
-    return _verdict(
+        return verdict(True, f"{answer} gains {gain[answer]:+.3f} balanced accuracy.")
+    return verdict(
         False,
         "subtract the local-only column from the federated one "
         "and take the largest difference.",
@@ -264,14 +264,14 @@ def check_sampled_budget(
     expected_passes = rounds * per_round / n_hospitals
 
     if updates != expected_updates:
-        return _verdict(False, f"{per_round} hospitals take part in each round.")
+        return verdict(False, f"{per_round} hospitals take part in each round.")
     if abs(passes - expected_passes) > 1e-9:
-        return _verdict(
+        return verdict(
             False,
             "each hospital takes part in a share "
             f"{per_round}/{n_hospitals} of the rounds.",
         )
-    return _verdict(
+    return verdict(
         True,
         f"{expected_updates} updates, {expected_passes:g} passes "
         "per example on average.",

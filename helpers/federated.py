@@ -22,7 +22,7 @@ import copy
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,13 @@ from tqdm.std import tqdm
 
 from helpers.classes import CLASSES
 from helpers.datasets import images_to_tensor
-from helpers.hospital import Hospital, LocalStep, Update, sgd_local_step
+from helpers.hospital import (
+    Hospital,
+    LeaveFederation,
+    LocalStep,
+    Update,
+    sgd_local_step,
+)
 from helpers.metrics import classification_metrics, metrics_from_confusion
 from helpers.models import predict_proba
 
@@ -43,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 State = dict[str, torch.Tensor]
 Aggregate = Callable[[State, list[Update]], State]
+# The ways run_federated can sample hospitals each round.
+SAMPLING_MODES = ("fixed", "poisson")
 # A fixed learning rate, or one per round (per epoch for the baselines), from 1.
 LearningRate = float | Callable[[int], float]
 
@@ -216,8 +224,10 @@ def validate_updates(
 class History:
     """Per-round records of a federated run.
 
-    Each record has `round` (from 1), `hospitals` and `excluded` (tuples of
-    names), `train_loss` (the sample-weighted mean over the valid updates), and
+    Each record has `round` (from 1), `hospitals`, `excluded` and `left`
+    (tuples of names: the hospitals that sent an update, those whose update was
+    invalid, and those that left the federation that round), `train_loss` (the
+    sample-weighted mean over the valid updates, None without one), and
     the federated validation metrics computed from the sum of all hospitals'
     validation confusion matrices: `val_balanced_accuracy`, `val_accuracy`,
     `val_melanoma_sensitivity`, `val_per_class_recall` (class code -> recall or
@@ -243,6 +253,7 @@ class History:
                 "round": record["round"],
                 "hospitals": ", ".join(record["hospitals"]),
                 "excluded": ", ".join(record["excluded"]),
+                "left": ", ".join(record.get("left", ())),
                 "train_loss": record["train_loss"],
                 "val_balanced_accuracy": record["val_balanced_accuracy"],
                 "val_accuracy": record["val_accuracy"],
@@ -277,18 +288,33 @@ def run_federated(
     local_step: LocalStep = sgd_local_step,
     aggregate: Aggregate = fedavg,
     step_options: dict[str, Any] | None = None,
+    max_update_norm: float | None = None,
+    max_weight: int | None = None,
     progress: bool = True,
+    local_steps: Mapping[str, LocalStep] | None = None,
+    sampling: str = "fixed",
 ) -> History:
     """Train `model` in place by federated rounds over the hospitals.
 
-    Each round samples max(1, round(fraction * len(hospitals))) hospitals
-    without replacement, with halves rounded up. Each sampled hospital trains the
-    global model for `local_epochs` with `local_step`. The server excludes
-    invalid updates (`validate_updates`), sets the model to
+    With `sampling="fixed"` each round samples max(1, round(fraction * H))
+    of the H hospitals still in the federation, without replacement, with halves
+    rounded up. With `sampling="poisson"` each of them joins each round on its
+    own with probability `fraction`, so a round may have no hospital at all
+    (the sampling that hospital-level DP accounting assumes). Each sampled
+    hospital trains the global model for `local_epochs` with its local step.
+    The server excludes invalid updates (`validate_updates`), sets the model to
     `aggregate(global_state, updates)`, and records the federated validation
     metrics of every hospital, sampled or not. The loop logs one line per round
     at INFO level and shows a tqdm progress bar over rounds on stderr, unless
     `progress` is False or the CI environment variable is set.
+
+    A hospital whose step raises `LeaveFederation` sends nothing that round and
+    is not sampled again. The loop logs a warning naming it and records it in
+    the round's `left` field, and the others go on. A round in which every
+    sampled hospital left keeps the previous weights. A Poisson round with no
+    hospital calls `aggregate(global_state, [])`, which a DP aggregator handles
+    with noise alone and `fedavg` rejects. When no hospital remains, the run
+    stops early with a warning and returns the rounds so far.
 
     With fraction 1, R rounds of E local epochs pass over every training example
     R * E times: give `train_pooled` epochs=R * E for the same budget.
@@ -307,7 +333,16 @@ def run_federated(
         aggregate: server step `(global_state, updates) -> new_state`.
         step_options: extra keyword arguments for `local_step`, for example
             {"proximal_mu": 0.01} for FedProx or {"class_weights": "balanced"}.
+        max_update_norm: if given, every hospital clips its update to this L2
+            norm before sending it (`Hospital.train`).
+        max_weight: if given, every hospital caps its update's weight at this
+            many samples.
         progress: show the progress bar.
+        local_steps: optional hospital name -> local step, for steps that keep
+            state per hospital across rounds (such as one privacy accountant per
+            hospital). A hospital in it uses its own step instead of
+            `local_step`; the names must belong to `hospitals`.
+        sampling: "fixed" or "poisson", as described above.
 
     Returns:
         History with one record per round.
@@ -321,9 +356,12 @@ def run_federated(
     _check_federation(
         hospitals, rounds=rounds, local_epochs=local_epochs, fraction=fraction
     )
-    n_sampled = max(1, int(fraction * len(hospitals) + 0.5))
+    steps = _check_local_steps(hospitals, local_steps, local_step)
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}.")
     sampler = np.random.default_rng(seed)
     step_options = dict(step_options or {})
+    active = list(range(len(hospitals)))
 
     history = History()
     bar = tqdm(
@@ -332,38 +370,71 @@ def run_federated(
         disable=not progress or bool(os.environ.get("CI")),
     )
     for round_number in bar:
-        chosen = np.sort(sampler.choice(len(hospitals), n_sampled, replace=False))
+        if not active:
+            logger.warning(
+                "Round %d/%d: no hospital is left in the federation, so the run "
+                "stops after %d rounds.",
+                round_number,
+                rounds,
+                round_number - 1,
+            )
+            break
+        chosen = _sample_hospitals(sampler, active, fraction, sampling)
         global_state = _copy_state(model)
         round_lr = _lr_at(lr, round_number)
 
-        updates = [
-            hospitals[index].train(
-                model,
-                local_epochs=local_epochs,
-                lr=round_lr,
-                batch_size=batch_size,
-                seed=_derive_seed(seed, round_number, int(index)),
-                local_step=local_step,
-                **step_options,
+        updates, left = [], []
+        for index in chosen:
+            hospital = hospitals[index]
+            try:
+                update = hospital.train(
+                    model,
+                    local_epochs=local_epochs,
+                    lr=round_lr,
+                    batch_size=batch_size,
+                    seed=_derive_seed(seed, round_number, int(index)),
+                    local_step=steps[hospital.name],
+                    max_update_norm=max_update_norm,
+                    max_weight=max_weight,
+                    **step_options,
+                )
+            except LeaveFederation as departure:
+                logger.warning(
+                    "Round %d: hospital %r left the federation and sent no update: %s",
+                    round_number,
+                    hospital.name,
+                    departure,
+                )
+                left.append(hospital.name)
+                active.remove(index)
+            else:
+                updates.append(update)
+
+        if updates or len(chosen) == 0:
+            valid = (
+                validate_updates(global_state, updates, round=round_number)
+                if updates
+                else []
             )
-            for index in chosen
-        ]
-        valid = validate_updates(global_state, updates, round=round_number)
-        new_state = aggregate(global_state, valid)
-        _check_new_state(global_state, new_state, round_number)
-        model.load_state_dict(new_state)
+            new_state = aggregate(global_state, valid)
+            _check_new_state(global_state, new_state, round_number)
+            model.load_state_dict(new_state)
+        else:
+            valid = []
 
         record = _round_record(model, hospitals, updates, valid, round_number)
+        record["left"] = tuple(left)
         history.append(record)
         logger.info(
-            "Round %d/%d: %d hospitals, %d excluded, train loss %.4f, "
-            "validation balanced accuracy %s",
+            "Round %d/%d: %d hospitals, %d excluded, train loss %s, "
+            "validation balanced accuracy %s, %d left the federation",
             round_number,
             rounds,
             len(updates),
             len(record["excluded"]),
-            record["train_loss"],
+            _format_metric(record["train_loss"], digits=4),
             _format_metric(record["val_balanced_accuracy"]),
+            len(left),
         )
         bar.set_postfix(val_bal_acc=_format_metric(record["val_balanced_accuracy"]))
     return history
@@ -603,7 +674,11 @@ def _round_record(
 ) -> dict[str, Any]:
     valid_ids = {id(update) for update in valid}
     total = sum(update.n_samples for update in valid)
-    train_loss = sum(update.n_samples * update.train_loss for update in valid) / total
+    train_loss = (
+        sum(update.n_samples * update.train_loss for update in valid) / total
+        if total > 0
+        else None
+    )
 
     confusion = sum(
         h.evaluate(model, split="val")["confusion_matrix"] for h in hospitals
@@ -622,7 +697,7 @@ def _round_record(
         "round": round_number,
         "hospitals": tuple(update.hospital for update in updates),
         "excluded": tuple(u.hospital for u in updates if id(u) not in valid_ids),
-        "train_loss": float(train_loss),
+        "train_loss": None if train_loss is None else float(train_loss),
         "val_balanced_accuracy": metrics["balanced_accuracy"],
         "val_accuracy": metrics["accuracy"],
         "val_melanoma_sensitivity": metrics["melanoma_sensitivity"],
@@ -646,6 +721,32 @@ def _check_federation(
         raise ValueError(f"local_epochs must be an int >= 1, got {local_epochs!r}.")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction!r}.")
+
+
+def _check_local_steps(
+    hospitals: list[Hospital],
+    local_steps: Mapping[str, LocalStep] | None,
+    local_step: LocalStep,
+) -> dict[str, LocalStep]:
+    names = [hospital.name for hospital in hospitals]
+    local_steps = dict(local_steps or {})
+    unknown = sorted(set(local_steps) - set(names))
+    if unknown:
+        raise ValueError(
+            f"local_steps names hospitals {unknown} that are not in the federation "
+            f"{names}. Key the steps by hospital name."
+        )
+    return {name: local_steps.get(name, local_step) for name in names}
+
+
+def _sample_hospitals(
+    sampler: np.random.Generator, active: list[int], fraction: float, sampling: str
+) -> np.ndarray:
+    if sampling == "poisson":
+        joins = sampler.random(len(active)) < fraction
+        return np.asarray(active)[joins]
+    n_sampled = min(len(active), max(1, int(fraction * len(active) + 0.5)))
+    return np.sort(sampler.choice(active, n_sampled, replace=False))
 
 
 def _lr_at(lr: LearningRate, step: int) -> float:
@@ -680,5 +781,5 @@ def _as_dataset(
     return TensorDataset(images, labels)
 
 
-def _format_metric(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _format_metric(value: float | None, *, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -19,6 +19,7 @@ differentially private step can replace plain SGD without changing this module.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,17 @@ _DATA_WORDS = frozenset(
 LocalStep = Callable[..., float]
 
 
+class LeaveFederation(Exception):
+    """Raised by a local-training step to withdraw its hospital from the run.
+
+    The step raises it before it takes any training step, for example when the
+    round would spend more privacy budget than the hospital planned for. The
+    hospital then sends no update, not even a partial one. `run_federated`
+    catches it, logs the hospital's name with the message, records the name in
+    the round's `left` field and no longer samples that hospital.
+    """
+
+
 @dataclass(frozen=True)
 class Update:
     """The message a hospital sends back after local training.
@@ -71,6 +83,68 @@ class Update:
     delta: dict[str, torch.Tensor]
     n_samples: int
     train_loss: float
+
+
+def clip_update(
+    delta: dict[str, torch.Tensor], *, max_norm: float
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Scale an update so its L2 norm over all tensors is at most `max_norm`.
+
+    This is the clipping step of hospital-level DP (McMahan et al. 2018,
+    "Learning Differentially Private Recurrent Language Models") and of secure
+    aggregation with a declared bound: it runs inside the hospital, before
+    anything is sent, so the server never sees an unclipped update. The norm is
+    taken over the concatenation of every tensor, in float64.
+
+    Args:
+        delta: trained minus global weights, one tensor per state_dict key.
+        max_norm: the bound, > 0.
+
+    Returns:
+        The clipped delta (a new dict; the input is unchanged) and the norm the
+        delta had before clipping.
+
+    Raises:
+        ValueError: if `max_norm` is not a positive finite number, or the delta
+            is empty or holds non-finite values.
+    """
+    _check_max_norm(max_norm, "max_norm")
+    if not delta:
+        raise ValueError("The update has no tensors to clip.")
+    integer_keys = [
+        key for key, value in delta.items() if not torch.is_floating_point(value)
+    ]
+    if integer_keys:
+        raise ValueError(
+            f"The update's tensors {integer_keys} are not floating point, and "
+            "scaling would turn counts into fractions. Clipping bounds "
+            "floating-point weights only: use a model without integer buffers "
+            "(GroupNorm instead of BatchNorm, whose num_batches_tracked is one)."
+        )
+
+    squared = sum(
+        float(torch.sum(value.detach().double() ** 2)) for value in delta.values()
+    )
+    norm = math.sqrt(squared)
+    if not math.isfinite(norm):
+        raise ValueError(
+            "The update holds non-finite values, so its norm is undefined and it "
+            "cannot be clipped. Lower the learning rate or check the data."
+        )
+
+    scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
+    clipped = {key: value.detach() * scale for key, value in delta.items()}
+    return clipped, norm
+
+
+def _check_max_norm(value: Any, name: str) -> float:
+    """Return `value` as a float if it is a positive finite number, else raise."""
+    is_number = isinstance(value, int | float | np.integer | np.floating)
+    if isinstance(value, bool) or not is_number or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}.")
+    return float(value)
 
 
 def sgd_local_step(
@@ -216,6 +290,7 @@ class Hospital:
         }
         self._label_histogram = np.bincount(checked["train"][1], minlength=len(CLASSES))
         self._label_histogram.setflags(write=False)
+        self._clipping_log: list[dict[str, Any]] = []
 
     @property
     def name(self) -> str:
@@ -241,6 +316,8 @@ class Hospital:
         batch_size: int = 32,
         seed: int = 0,
         local_step: LocalStep = sgd_local_step,
+        max_update_norm: float | None = None,
+        max_weight: int | None = None,
         **step_options: Any,
     ) -> Update:
         """Train a copy of `model` on the training part and return the update.
@@ -259,13 +336,35 @@ class Hospital:
             batch_size: examples per step.
             seed: seed of the shuffling generator and of the global random state.
             local_step: the local-training step, `sgd_local_step` by default.
+            max_update_norm: if given, the update is clipped to this L2 norm
+                here, before it leaves the hospital (`clip_update`).
+            max_weight: if given, the update's weight (`n_samples`) is capped
+                at this many samples, so no hospital outweighs a declared bound.
             **step_options: passed on to `local_step`, for example
                 `proximal_mu` or `class_weights`.
 
         Returns:
             Update whose delta is trained minus global weights for every
-            state_dict key.
+            state_dict key. With a bound, the hospital also appends the norm
+            before clipping and whether it clipped to its own `clipping_log`,
+            which it keeps and never sends.
+
+        Raises:
+            LeaveFederation: passed on from `local_step` when the hospital
+                withdraws; no update is returned.
         """
+        if max_update_norm is not None:
+            _check_max_norm(max_update_norm, "max_update_norm")
+        if max_weight is not None and (
+            isinstance(max_weight, bool)
+            or not isinstance(max_weight, int | np.integer)
+            or max_weight < 1
+        ):
+            raise ValueError(
+                f"max_weight must be a positive whole number of samples, got "
+                f"{max_weight!r}."
+            )
+
         global_state = {
             key: value.detach().clone() for key, value in model.state_dict().items()
         }
@@ -288,12 +387,34 @@ class Hospital:
         delta = {
             key: trained_state[key].detach() - global_state[key] for key in global_state
         }
+        n_samples = self.n_samples
+        if max_update_norm is not None:
+            delta, norm = clip_update(delta, max_norm=max_update_norm)
+            self._clipping_log.append(
+                {
+                    "norm": norm,
+                    "max_update_norm": float(max_update_norm),
+                    "clipped": norm > max_update_norm,
+                }
+            )
+        if max_weight is not None:
+            n_samples = min(n_samples, int(max_weight))
         return Update(
             hospital=self._name,
             delta=delta,
-            n_samples=self.n_samples,
+            n_samples=n_samples,
             train_loss=float(train_loss),
         )
+
+    @property
+    def clipping_log(self) -> list[dict[str, Any]]:
+        """This hospital's own record of clipped updates, oldest first (a copy).
+
+        One entry per update trained with `max_update_norm`: the norm before
+        clipping, the bound, and whether the update was scaled down. The hospital
+        keeps this record; nothing in it is sent with the update.
+        """
+        return [dict(entry) for entry in self._clipping_log]
 
     def evaluate(self, model: nn.Module, *, split: str = "val") -> dict:
         """Evaluate `model` on one part of this hospital's data.
@@ -342,7 +463,14 @@ class Hospital:
         )
 
     def __dir__(self) -> list[str]:
-        return ["evaluate", "label_histogram", "n_samples", "name", "train"]
+        return [
+            "clipping_log",
+            "evaluate",
+            "label_histogram",
+            "n_samples",
+            "name",
+            "train",
+        ]
 
     def __repr__(self) -> str:
         return f"Hospital(name={self._name!r}, n_samples={self.n_samples})"

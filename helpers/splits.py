@@ -272,6 +272,7 @@ def partition_dirichlet(
     alpha: float,
     groups: np.ndarray | None = None,
     seed: int = 0,
+    train_mask: np.ndarray | None = None,
 ) -> Partition:
     """Partition with label skew: each class is shared out by Dirichlet proportions.
 
@@ -289,15 +290,20 @@ def partition_dirichlet(
         groups: optional (N,) lesion id per image; a lesion goes whole to one
             hospital.
         seed: seed for the proportions and the order of groups.
+        train_mask: optional (N,) bool, True for training images. A draw is
+            kept only if every hospital gets at least one of them, so that no
+            hospital is left with validation or test images alone.
 
     Raises:
         ValueError: on invalid arguments, or when every one of MAX_DRAWS draws
-            leaves some hospital without images.
+            leaves some hospital without images (without training images, given
+            `train_mask`).
     """
     labels, groups = _check_partition_input(labels, groups, n_hospitals)
     alpha = _check_alpha(alpha)
     group_of_image, group_class, group_size, class_count = _groups(labels, groups)
     _check_enough_groups(group_size.size, n_hospitals)
+    train_mask = _check_train_mask(train_mask, labels.size)
 
     rng = np.random.default_rng(seed)
     for _ in range(MAX_DRAWS):
@@ -305,7 +311,9 @@ def partition_dirichlet(
         if not np.all(np.isfinite(shares)):
             continue
         group_hospital = _cut_by_shares(group_class, group_size, shares, rng)
-        if np.unique(group_hospital).size == n_hospitals:
+        if _covers_every_hospital(
+            group_hospital[group_of_image], n_hospitals, train_mask
+        ):
             return Partition(
                 _hospital_names(n_hospitals),
                 group_hospital[group_of_image],
@@ -322,6 +330,7 @@ def partition_quantity_skew(
     alpha: float,
     groups: np.ndarray | None = None,
     seed: int = 0,
+    train_mask: np.ndarray | None = None,
 ) -> Partition:
     """Partition with quantity skew: hospital sizes ~ Dir(alpha), labels IID.
 
@@ -338,6 +347,7 @@ def partition_quantity_skew(
         groups: optional (N,) lesion id per image; a lesion goes whole to one
             hospital.
         seed: seed for the shares and the order of groups.
+        train_mask: optional (N,) bool, as in `partition_dirichlet`.
 
     Raises:
         ValueError: on invalid arguments, or when every one of MAX_DRAWS draws
@@ -347,6 +357,7 @@ def partition_quantity_skew(
     alpha = _check_alpha(alpha)
     group_of_image, group_class, group_size, class_count = _groups(labels, groups)
     _check_enough_groups(group_size.size, n_hospitals)
+    train_mask = _check_train_mask(train_mask, labels.size)
 
     rng = np.random.default_rng(seed)
     for _ in range(MAX_DRAWS):
@@ -355,7 +366,9 @@ def partition_quantity_skew(
             continue
         shares = np.tile(share, (class_count.size, 1))
         group_hospital = _cut_by_shares(group_class, group_size, shares, rng)
-        if np.unique(group_hospital).size == n_hospitals:
+        if _covers_every_hospital(
+            group_hospital[group_of_image], n_hospitals, train_mask
+        ):
             return Partition(
                 _hospital_names(n_hospitals),
                 group_hospital[group_of_image],
@@ -373,6 +386,7 @@ def natural_partition(
     n_hospitals: int = 4,
     alpha: float = 0.5,
     seed: int = 0,
+    train_mask: np.ndarray | None = None,
 ) -> Partition:
     """Partition by acquisition site, or by Dirichlet label skew without sites.
 
@@ -389,15 +403,38 @@ def natural_partition(
         n_hospitals: number of hospitals of the fallback.
         alpha: Dirichlet concentration of the fallback, > 0.
         seed: seed of the fallback.
+        train_mask: optional (N,) bool, True for training images. The fallback
+            draws until every hospital gets some; with sites, a site without
+            any raises.
     """
     labels = _as_1d(labels, "labels")
     if sites is not None:
         sites = _as_1d(sites, "sites")
         _check_same_length(sites=sites, labels=labels)
-        return partition_by_site(sites, groups=groups)
+        partition = partition_by_site(sites, groups=groups)
+        if train_mask is not None:
+            mask = _check_train_mask(train_mask, labels.size)
+            counts = np.bincount(
+                partition.assignment[mask], minlength=partition.n_hospitals
+            )
+            empty = [
+                name for name, n in zip(partition.names, counts, strict=True) if n == 0
+            ]
+            if empty:
+                raise ValueError(
+                    f"Sites {empty} have no training images under train_mask, "
+                    "so they cannot train as hospitals. Leave those sites' "
+                    "images out, or split so that every site has training images."
+                )
+        return partition
 
     partition = partition_dirichlet(
-        labels, n_hospitals, alpha=alpha, groups=groups, seed=seed
+        labels,
+        n_hospitals,
+        alpha=alpha,
+        groups=groups,
+        seed=seed,
+        train_mask=train_mask,
     )
     warnings.warn(
         "This data set has no acquisition site per image, so the natural split "
@@ -627,9 +664,35 @@ def _hospital_names(n_hospitals: int) -> tuple[str, ...]:
     return tuple(f"hospital {k}" for k in range(n_hospitals))
 
 
+def _check_train_mask(train_mask: np.ndarray | None, n_images: int) -> np.ndarray:
+    if train_mask is None:
+        return np.ones(n_images, dtype=bool)
+    train_mask = np.asarray(train_mask)
+    if train_mask.dtype != bool or train_mask.shape != (n_images,):
+        raise ValueError(
+            f"train_mask must be a bool array with one entry per image "
+            f"({n_images}), got dtype {train_mask.dtype} and shape "
+            f"{train_mask.shape}. Pass, for example, split == 'train'."
+        )
+    if not train_mask.any():
+        raise ValueError(
+            "train_mask marks no training image, so no hospital could train. "
+            "Pass split == 'train' from split_by_lesion."
+        )
+    return train_mask
+
+
+def _covers_every_hospital(
+    assignment: np.ndarray, n_hospitals: int, train_mask: np.ndarray
+) -> bool:
+    """Check that every hospital holds at least one image marked in train_mask."""
+    return np.unique(assignment[train_mask]).size == n_hospitals
+
+
 def _empty_hospital_error(kind: str, n_hospitals: int, alpha: float) -> ValueError:
     return ValueError(
         f"{kind} with alpha={alpha:g} left at least one of {n_hospitals} "
-        f"hospitals without images in each of {MAX_DRAWS} draws. Raise alpha or "
-        "lower n_hospitals."
+        f"hospitals without images (or without training images, given "
+        f"train_mask) in each of {MAX_DRAWS} draws. Raise alpha or lower "
+        "n_hospitals."
     )

@@ -23,7 +23,7 @@ def test_label_from_update_reference_passes(capsys):
         return int(torch.argmax(update.delta["head.bias"]))
 
     assert attack_exercises.check_label_from_update(reference)
-    assert capsys.readouterr().out.startswith("Correct.")
+    assert capsys.readouterr().out.startswith("Correct:")
 
 
 def test_label_from_update_wrong_sign_fails(capsys):

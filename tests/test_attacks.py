@@ -274,6 +274,141 @@ def test_simulate_rejects_bad_input(data):
         )
 
 
+def small_mlp_case():
+    model = PixelMLP(n_classes=3, hidden=8, side=8, seed=0)
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    return model, images, torch.tensor([0, 2])
+
+
+@pytest.mark.parametrize("bad_label", [3, -1, -100])
+def test_simulate_rejects_label_out_of_range(bad_label):
+    model, images, _ = small_mlp_case()
+
+    # -100 is cross-entropy's ignore_index: it would give an all-zero update.
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2"):
+        simulate_local_update(
+            model, images, torch.tensor([0, bad_label]), lr=0.1, batch_size=2
+        )
+
+
+def test_simulate_rejects_bad_soft_labels():
+    model, images, _ = small_mlp_case()
+
+    with pytest.raises(ValueError, match=r"soft labels must have shape \(2, 3\)"):
+        simulate_local_update(model, images, torch.ones(2, 5) / 5, lr=0.1, batch_size=2)
+    with pytest.raises(ValueError, match="summing to 1 in every row"):
+        simulate_local_update(
+            model, images, torch.full((2, 3), 5.0), lr=0.1, batch_size=2
+        )
+    negative = torch.tensor([[1.5, -0.5, 0.0], [0.0, 0.0, 1.0]])
+    with pytest.raises(ValueError, match="class probabilities"):
+        simulate_local_update(model, images, negative, lr=0.1, batch_size=2)
+    with pytest.raises(TypeError, match="integer class indices"):
+        simulate_local_update(
+            model, images, torch.tensor([0.0, 2.0]), lr=0.1, batch_size=2
+        )
+
+
+def test_simulate_rejects_bad_class_weights():
+    model, images, labels = small_mlp_case()
+    settings = dict(lr=0.1, batch_size=1)
+
+    with pytest.raises(
+        ValueError, match=r"class_weights must have one entry per class \(3\)"
+    ):
+        simulate_local_update(
+            model, images, labels, class_weights=torch.ones(5), **settings
+        )
+    with pytest.raises(ValueError, match="class_weights are all 0"):
+        simulate_local_update(
+            model, images, labels, class_weights=torch.zeros(3), **settings
+        )
+    with pytest.raises(ValueError, match=r"0 for class indices \[2\]"):
+        simulate_local_update(
+            model,
+            images,
+            labels,
+            class_weights=torch.tensor([1.0, 1.0, 0.0]),
+            **settings,
+        )
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        simulate_local_update(
+            model,
+            images,
+            labels,
+            class_weights=torch.tensor([1.0, -1.0, 1.0]),
+            **settings,
+        )
+    soft = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]])
+    with pytest.raises(ValueError, match=r"soft labels of images \[0\] a weight of 0"):
+        simulate_local_update(
+            model, images, soft, class_weights=torch.tensor([1.0, 0.0, 1.0]), **settings
+        )
+
+
+def test_simulate_converts_image_dtype():
+    model, images, labels = small_mlp_case()
+    expected = simulate_local_update(model, images, labels, lr=0.1, batch_size=2)
+
+    for dtype in (torch.float64, torch.float16):
+        converted = simulate_local_update(
+            model, images.to(dtype), labels, lr=0.1, batch_size=2
+        )
+
+        assert all(value.dtype == torch.float32 for value in converted.values())
+        assert largest_difference(converted, expected) < 1e-4
+
+
+def test_simulate_rejects_non_finite_input():
+    model, images, labels = small_mlp_case()
+
+    with pytest.raises(ValueError, match="lr must be finite"):
+        simulate_local_update(model, images, labels, lr=math.inf, batch_size=2)
+    with pytest.raises(ValueError, match="lr must be finite"):
+        simulate_local_update(model, images, labels, lr=math.nan, batch_size=2)
+    with pytest.raises(ValueError, match="weight_decay must be finite"):
+        simulate_local_update(
+            model, images, labels, lr=0.1, batch_size=2, weight_decay=math.inf
+        )
+    nan_images = images.clone()
+    nan_images[0, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"images must be floats in \[0, 1\], got NaN"):
+        simulate_local_update(model, nan_images, labels, lr=0.1, batch_size=2)
+    with pytest.raises(ValueError, match=r"images must be floats in \[0, 1\]"):
+        simulate_local_update(model, images * 255, labels, lr=0.1, batch_size=2)
+    # A finite learning rate so large that the second step overflows float32.
+    with pytest.raises(ValueError, match="update contains NaN or infinite"):
+        simulate_local_update(
+            model, images, labels, lr=1e20, local_epochs=3, batch_size=1
+        )
+
+
+def test_simulate_integer_settings_from_numpy():
+    model, images, labels = small_mlp_case()
+    expected = simulate_local_update(
+        model, images, labels, lr=0.1, local_epochs=2, batch_size=1
+    )
+
+    numpy_settings = simulate_local_update(
+        model,
+        images,
+        labels,
+        lr=np.float32(0.1),
+        local_epochs=np.int64(2),
+        batch_size=np.int32(1),
+    )
+
+    assert largest_difference(numpy_settings, expected) < 1e-6
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got True"):
+        simulate_local_update(model, images, labels, lr=0.1, batch_size=True)
+    with pytest.raises(ValueError, match="local_epochs must be an int >= 1"):
+        simulate_local_update(
+            model, images, labels, lr=0.1, batch_size=1, local_epochs=np.int64(0)
+        )
+    with pytest.raises(ValueError, match="lr must be a number, got True"):
+        simulate_local_update(model, images, labels, lr=True, batch_size=1)
+
+
 # Label inference.
 
 
@@ -438,6 +573,56 @@ def test_invert_rejects_bad_input(data):
         invert_update(model, update.delta, lr=LR, batch_size=1)
 
 
+def test_invert_rejects_bad_labels_and_weights():
+    model, images, labels = small_mlp_case()
+    delta = simulate_local_update(model, images[:1], labels[:1], lr=0.1, batch_size=1)
+    update = Update("north", delta, 1, 0.0)
+    settings = dict(lr=0.1, batch_size=1, iterations=2, progress=False)
+
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2, got 9\.\.9"):
+        invert_update(model, update, labels=torch.tensor([9]), **settings)
+    with pytest.raises(TypeError, match="integer class indices"):
+        invert_update(model, update, labels=np.array([1.5]), **settings)
+    with pytest.raises(ValueError, match=r"one entry per class \(3\)"):
+        invert_update(model, update, class_weights=torch.ones(7), **settings)
+    with pytest.raises(ValueError, match="class_weights are all 0"):
+        invert_update(model, update, class_weights=torch.zeros(3), **settings)
+    # The label inferred from this update is 0, whose weight would be 0.
+    with pytest.raises(ValueError, match=r"0 for class indices \[0\]"):
+        invert_update(
+            model, update, class_weights=torch.tensor([0.0, 1.0, 1.0]), **settings
+        )
+
+
+def test_invert_integer_settings_from_numpy():
+    model, images, labels = small_mlp_case()
+    delta = simulate_local_update(model, images[:1], labels[:1], lr=0.1, batch_size=1)
+    update = Update("north", delta, 1, 0.0)
+    settings = dict(lr=0.1, batch_size=1, progress=False)
+
+    plain = invert_update(model, update, iterations=3, restarts=2, seed=1, **settings)
+    numpy_ints = invert_update(
+        model,
+        update,
+        iterations=np.int64(3),
+        restarts=np.int32(2),
+        seed=np.int64(1),
+        side=np.int64(8),
+        **settings,
+    )
+
+    assert torch.equal(plain.images, numpy_ints.images)
+    assert len(numpy_ints.loss_history) == 3
+    with pytest.raises(ValueError, match="iterations must be an int >= 1, got True"):
+        invert_update(model, update, iterations=True, **settings)
+    with pytest.raises(ValueError, match="restarts must be an int >= 1"):
+        invert_update(model, update, iterations=2, restarts=2.0, **settings)
+    with pytest.raises(ValueError, match="step_size must be finite"):
+        invert_update(model, update, iterations=2, step_size=math.inf, **settings)
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        invert_update(model, update, iterations=2, seed=-1, **settings)
+
+
 def test_total_variation_known_values():
     flat = torch.full((1, 3, 4, 4), 0.3)
     stripes = torch.zeros(1, 3, 4, 4)
@@ -527,6 +712,36 @@ def test_quality_rejects_bad_input(data):
         reconstruction_quality(truth[:0], truth[:0])
     with pytest.raises(TypeError, match="float tensor"):
         reconstruction_quality(truth, [1, 2])
+
+
+def test_quality_rejects_values_outside_unit_range():
+    truth = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    with_nan = truth.clone()
+    with_nan[1, 0, 0, 0] = math.nan
+
+    for score in (psnr, ssim, reconstruction_quality):
+        with pytest.raises(
+            ValueError, match=r"reconstructed must be floats in \[0, 1\], got NaN"
+        ):
+            score(truth, with_nan)
+        with pytest.raises(
+            ValueError, match=r"true_images must be floats in \[0, 1\].*255"
+        ):
+            score(truth * 255, truth * 255)
+        with pytest.raises(ValueError, match=r"must be floats in \[0, 1\]"):
+            score(truth, truth - 0.5)
+
+
+def test_psnr_float64_stays_float64():
+    truth = torch.full((1, 3, 8, 8), 0.5, dtype=torch.float64)
+
+    values = psnr(truth, truth + 1e-9)
+    mixed = psnr(truth.float(), truth + 1e-3)
+
+    # An error of 1e-18 is 180 dB; float32 would round the 1e-9 shift away.
+    assert values.dtype == np.float64
+    assert values[0] == pytest.approx(180.0, abs=1e-3)
+    assert mixed[0] == pytest.approx(60.0, abs=1e-3)
 
 
 def test_plot_reconstructions_draws_pairs(data):
@@ -720,6 +935,50 @@ def test_membership_split_rejects_bad_input():
         membership_split(np.array(["a"]))
 
 
+def test_membership_split_rejects_bad_candidates():
+    lesions = np.repeat(np.arange(20), 2)
+
+    with pytest.raises(ValueError, match=r"candidates contains image indices more"):
+        membership_split(lesions, candidates=np.r_[np.arange(40), np.arange(40)])
+    with pytest.raises(
+        ValueError, match=r"candidates must be image indices in 0\.\.39"
+    ):
+        membership_split(lesions, candidates=np.array([-1, 0, 1, 2, 3, 4, 5]))
+    with pytest.raises(ValueError, match=r"in 0\.\.39 .*got \[100\]"):
+        membership_split(lesions, candidates=np.array([0, 1, 100]))
+    with pytest.raises(ValueError, match=r"boolean mask.*np\.flatnonzero\(mask\)"):
+        membership_split(lesions, candidates=np.ones(40, dtype=bool))
+    with pytest.raises(ValueError, match="candidates must be integer image indices"):
+        membership_split(lesions, candidates=np.array([0.0, 1.5, 2.0]))
+    with pytest.raises(ValueError, match="candidates must be a 1-D array"):
+        membership_split(lesions, candidates=np.arange(40).reshape(4, 10))
+
+
+def test_membership_split_rejects_missing_ids():
+    with pytest.raises(ValueError, match=r"lesion_ids contains NaN or None .*\[1\]"):
+        membership_split(np.array([1.0, np.nan, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="lesion_ids contains NaN or None"):
+        membership_split(np.array(["a", None, "b", "c"], dtype=object))
+    with pytest.raises(ValueError, match=r"strata contains NaN or None .*\[0\]"):
+        membership_split(
+            np.array(["a", "b", "c", "d"]), strata=np.array([np.nan, 1.0, 1.0, 1.0])
+        )
+
+
+def test_membership_split_numpy_seed():
+    lesions = np.repeat(np.arange(30), 2)
+
+    plain = membership_split(lesions, candidates=np.arange(50), seed=4)
+    numpy_ints = membership_split(
+        lesions, candidates=np.arange(50, dtype=np.uint16), seed=np.int64(4)
+    )
+
+    assert np.array_equal(plain.members, numpy_ints.members)
+    assert np.array_equal(plain.reference, numpy_ints.reference)
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got True"):
+        membership_split(lesions, seed=True)
+
+
 def memorisation_pool(n_images, *, seed):
     """Make random 8 px images whose labels a model can only memorise.
 
@@ -828,6 +1087,41 @@ def test_train_reference_models_are_seeded(data):
         train_reference_models(build, x, y, **{**settings, "fraction": 0.0})
 
 
+def test_train_reference_models_checks_input():
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    settings = dict(n_models=1, epochs=1, lr=0.1, batch_size=2, seed=0)
+
+    def build():
+        return PixelMLP(n_classes=3, hidden=4, side=8)
+
+    plain = train_reference_models(build, images, labels, **settings)
+    numpy_ints = train_reference_models(
+        build,
+        images,
+        labels,
+        n_models=np.int64(1),
+        epochs=np.int32(1),
+        lr=0.1,
+        batch_size=np.int64(2),
+        seed=np.int64(0),
+    )
+
+    assert largest_difference(plain[0].state_dict(), numpy_ints[0].state_dict()) == 0
+    with pytest.raises(ValueError, match="got 5 labels .* for 6 images"):
+        train_reference_models(build, images, labels[:5], **settings)
+    with pytest.raises(ValueError, match="got 7 labels .* for 6 images"):
+        train_reference_models(build, images, np.r_[labels, 0], **settings)
+    with pytest.raises(ValueError, match="n_models must be an int >= 1, got True"):
+        train_reference_models(build, images, labels, **{**settings, "n_models": True})
+    with pytest.raises(ValueError, match="epochs must be an int >= 1"):
+        train_reference_models(build, images, labels, **{**settings, "epochs": 1.0})
+    with pytest.raises(ValueError, match="fraction must be finite"):
+        train_reference_models(build, images, labels, fraction=math.nan, **settings)
+    with pytest.raises(ValueError, match="fraction must be a number, got True"):
+        train_reference_models(build, images, labels, fraction=True, **settings)
+
+
 def test_pixel_mlp_interface():
     model = PixelMLP(hidden=8, side=8, seed=0)
     same = PixelMLP(hidden=8, side=8, seed=0)
@@ -840,6 +1134,9 @@ def test_pixel_mlp_interface():
         model(torch.rand(5, 3, 9, 9))
     with pytest.raises(ValueError, match="hidden"):
         PixelMLP(hidden=0)
+    with pytest.raises(ValueError, match="side must be an int >= 1, got True"):
+        PixelMLP(side=True)
+    assert PixelMLP(hidden=np.int64(4), side=np.int64(8), seed=np.int64(0)).side == 8
 
 
 # The differential-privacy region.
@@ -859,6 +1156,34 @@ def test_dp_roc_bound_values():
     assert isinstance(bound, np.ndarray)
     assert bound.shape == (3,)
     assert np.all(np.diff(bound) >= 0)
+
+
+def test_dp_roc_bound_large_epsilon():
+    # e^1000 overflows a float, but e^1000 * FPR only matters below 1.
+    assert dp_roc_bound(1000, 0.0, 0.1) == 1.0
+    assert dp_roc_bound(1000.0, 0.0, 0.0) == 0.0
+    assert dp_roc_bound(1000, 0.01, 0.0) == pytest.approx(0.01)
+    assert dp_roc_bound(800.0, 0.0, 1e-300) == 1.0
+    assert dp_roc_bound(50.0, 0.0, 1e-30) == pytest.approx(math.exp(50) * 1e-30)
+    grid = np.array([0.0, 1e-6, 0.5, 1.0])
+    assert np.array_equal(dp_roc_bound(1e6, 0.0, grid), [0.0, 1.0, 1.0, 1.0])
+
+
+def test_dp_roc_bound_number_types():
+    assert dp_roc_bound(np.int64(1), np.float32(0.0), 0.1) == pytest.approx(
+        math.e * 0.1
+    )
+    assert dp_roc_bound(np.float64(1.0), 0, [0.1, 0.2]).tolist() == pytest.approx(
+        [math.e * 0.1, math.e * 0.2]
+    )
+    with pytest.raises(ValueError, match="epsilon must be a number >= 0, got True"):
+        dp_roc_bound(True, 0.0, 0.1)
+    with pytest.raises(ValueError, match="delta must be a number in"):
+        dp_roc_bound(1.0, False, 0.1)
+    with pytest.raises(ValueError, match="fpr must be a number or an array"):
+        dp_roc_bound(1.0, 0.0, "a")
+    with pytest.raises(ValueError, match="fpr must be a number or an array"):
+        dp_roc_bound(1.0, 0.0, np.array([True, False]))
 
 
 def test_dp_roc_bound_rejects_bad_input():

@@ -20,7 +20,7 @@ from helpers.federated import (
     train_pooled,
     validate_updates,
 )
-from helpers.hospital import Hospital, Update, sgd_local_step
+from helpers.hospital import Hospital, LeaveFederation, Update, sgd_local_step
 from helpers.metrics import classification_metrics
 from helpers.models import SkinLesionCNN, predict_proba
 
@@ -444,6 +444,37 @@ def test_run_federated_plugs_in_steps(monkeypatch):
     assert aggregate_calls == [["h0", "h1"], ["h0", "h1"]]
 
 
+def test_run_federated_clips_and_caps_in_hospitals(monkeypatch):
+    monkeypatch.setenv("CI", "1")
+    hospitals = separable_hospitals(2)
+    received = []
+
+    def recording_aggregate(global_state, updates):
+        received.extend(updates)
+        return fedavg(global_state, updates)
+
+    run_federated(
+        tiny_model(),
+        hospitals,
+        rounds=2,
+        lr=0.5,
+        batch_size=4,
+        aggregate=recording_aggregate,
+        max_update_norm=1e-3,
+        max_weight=5,
+    )
+
+    norms = [
+        float(torch.cat([value.flatten() for value in update.delta.values()]).norm())
+        for update in received
+    ]
+    assert len(received) == 4
+    assert max(norms) <= 1e-3 * (1 + 1e-5)
+    assert [update.n_samples for update in received] == [5, 5, 5, 5]
+    assert all(len(hospital.clipping_log) == 2 for hospital in hospitals)
+    assert all(entry["clipped"] for entry in hospitals[0].clipping_log)
+
+
 def test_run_federated_logs_once_per_round(monkeypatch, caplog):
     monkeypatch.setenv("CI", "1")
 
@@ -724,5 +755,149 @@ def test_schedule_rejects_non_positive_rate(monkeypatch):
             separable_hospitals(2),
             rounds=2,
             lr=lambda round_number: 0.1 if round_number == 1 else 0.0,
+            local_step=unchanged_step,
+        )
+
+
+# Per-hospital steps, leaving the federation and Poisson sampling.
+
+
+def test_run_federated_uses_per_hospital_steps(monkeypatch):
+    monkeypatch.setenv("CI", "1")
+    hospitals = separable_hospitals(3)
+    calls = []
+
+    def named_step(name):
+        def step(model, dataset, **options):
+            calls.append((name, len(dataset)))
+            return 0.0
+
+        return step
+
+    run_federated(
+        tiny_model(),
+        hospitals,
+        rounds=2,
+        lr=0.1,
+        local_step=unchanged_step,
+        local_steps={"h0": named_step("h0"), "h2": named_step("h2")},
+    )
+
+    assert calls == [("h0", 24), ("h2", 32), ("h0", 24), ("h2", 32)]
+    with pytest.raises(ValueError, match=r"names hospitals \['nowhere'\]"):
+        run_federated(
+            tiny_model(),
+            hospitals,
+            rounds=1,
+            lr=0.1,
+            local_steps={"nowhere": unchanged_step},
+        )
+
+
+def test_run_federated_hospital_leaves(monkeypatch, caplog):
+    monkeypatch.setenv("CI", "1")
+    hospitals = separable_hospitals(3)
+    calls = []
+
+    def leaves_after_one_round(model, dataset, **options):
+        calls.append(len(dataset))
+        if len(calls) > 1:
+            raise LeaveFederation("budget spent")
+        return 0.0
+
+    with caplog.at_level(logging.WARNING, logger="helpers.federated"):
+        history = run_federated(
+            tiny_model(),
+            hospitals,
+            rounds=3,
+            lr=0.1,
+            local_step=unchanged_step,
+            local_steps={"h1": leaves_after_one_round},
+        )
+
+    assert [record["hospitals"] for record in history] == [
+        ("h0", "h1", "h2"),
+        ("h0", "h2"),
+        ("h0", "h2"),
+    ]
+    assert [record["left"] for record in history] == [(), ("h1",), ()]
+    assert calls == [28, 28]
+    assert list(history.to_frame()["left"]) == ["", "h1", ""]
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "Round 2: hospital 'h1' left the federation and sent no update: budget spent"
+    ]
+
+
+def test_run_federated_stops_when_all_left(monkeypatch, caplog):
+    monkeypatch.setenv("CI", "1")
+    model = tiny_model()
+
+    def always_leaves(model, dataset, **options):
+        raise LeaveFederation("no budget")
+
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with caplog.at_level(logging.WARNING, logger="helpers.federated"):
+        history = run_federated(
+            model, separable_hospitals(2), rounds=4, lr=0.1, local_step=always_leaves
+        )
+
+    assert len(history) == 1
+    assert history[0]["left"] == ("h0", "h1")
+    assert history[0]["train_loss"] is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert "no hospital is left in the federation, so the run stops after 1" in (
+        caplog.text
+    )
+
+
+def test_run_federated_poisson_sampling(monkeypatch):
+    monkeypatch.setenv("CI", "1")
+    hospitals = separable_hospitals(4)
+    received = []
+
+    def recording_aggregate(global_state, updates):
+        received.append(tuple(update.hospital for update in updates))
+        return global_state
+
+    def run(seed):
+        return run_federated(
+            tiny_model(),
+            hospitals,
+            rounds=12,
+            lr=0.1,
+            fraction=0.3,
+            seed=seed,
+            sampling="poisson",
+            local_step=unchanged_step,
+            aggregate=recording_aggregate,
+        )
+
+    history = run(0)
+    again = run(0)
+
+    sampled = [record["hospitals"] for record in history]
+    assert sampled == [record["hospitals"] for record in again]
+    assert received[:12] == sampled
+    counts = [len(names) for names in sampled]
+    assert 0 in counts
+    assert len(set(counts)) >= 3
+    assert 0.1 < sum(counts) / (12 * 4) < 0.5
+    empty = counts.index(0)
+    assert history[empty]["train_loss"] is None
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        run_federated(tiny_model(), hospitals, rounds=1, lr=0.1, sampling="stratified")
+
+
+def test_run_federated_poisson_empty_round_reaches_fedavg(monkeypatch):
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(ValueError, match="No updates to aggregate"):
+        run_federated(
+            tiny_model(),
+            separable_hospitals(1),
+            rounds=30,
+            lr=0.1,
+            fraction=0.05,
+            sampling="poisson",
             local_step=unchanged_step,
         )

@@ -13,7 +13,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from helpers.datasets import SkinLesionData, images_to_tensor
-from helpers.hospital import Hospital, Update, make_hospitals, sgd_local_step
+from helpers.hospital import (
+    Hospital,
+    LeaveFederation,
+    Update,
+    clip_update,
+    make_hospitals,
+    sgd_local_step,
+)
 from helpers.metrics import classification_metrics
 from helpers.models import SkinLesionCNN, class_weights, predict_proba
 from helpers.splits import Partition
@@ -106,6 +113,7 @@ def test_hospital_public_surface():
     )
     assert hospital.label_histogram.shape == (7,)
     assert dir(hospital) == [
+        "clipping_log",
         "evaluate",
         "label_histogram",
         "n_samples",
@@ -515,3 +523,114 @@ def test_make_hospitals_rejects_bad_input():
         make_hospitals(data, partition, np.array(["train"] * 29 + ["holdout"]))
     with pytest.raises(ValueError, match="'b' has no training images"):
         make_hospitals(data, partition, no_train_for_b)
+
+
+def test_clip_update_scales_to_bound():
+    delta = {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([[4.0]])}
+
+    clipped, norm = clip_update(delta, max_norm=1.0)
+
+    assert norm == pytest.approx(5.0)
+    assert torch.allclose(clipped["a"], torch.tensor([0.6, 0.0]))
+    assert torch.allclose(clipped["b"], torch.tensor([[0.8]]))
+    assert torch.equal(delta["a"], torch.tensor([3.0, 0.0]))
+
+
+def test_clip_update_leaves_small_update_unchanged():
+    delta = {"a": torch.tensor([0.3, -0.4])}
+
+    clipped, norm = clip_update(delta, max_norm=1.0)
+
+    assert norm == pytest.approx(0.5)
+    assert torch.equal(clipped["a"], delta["a"])
+
+
+@pytest.mark.parametrize("max_norm", [0, -1.0, float("nan"), float("inf"), "1"])
+def test_clip_update_rejects_bad_bound(max_norm):
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_update({"a": torch.ones(2)}, max_norm=max_norm)
+
+
+def test_clip_update_rejects_non_finite_update():
+    with pytest.raises(ValueError, match="non-finite"):
+        clip_update({"a": torch.tensor([1.0, float("nan")])}, max_norm=1.0)
+
+
+def test_train_clips_inside_hospital_and_logs_locally():
+    hospital = make_hospital()
+    model = tiny_model()
+
+    plain = hospital.train(model, local_epochs=1, lr=0.5, seed=3)
+    clipped = hospital.train(
+        model, local_epochs=1, lr=0.5, seed=3, max_update_norm=1e-3, max_weight=7
+    )
+
+    plain_norm = math.sqrt(
+        sum(float((v.double() ** 2).sum()) for v in plain.delta.values())
+    )
+    clipped_norm = math.sqrt(
+        sum(float((v.double() ** 2).sum()) for v in clipped.delta.values())
+    )
+    assert plain_norm > 1e-3
+    assert clipped_norm == pytest.approx(1e-3, rel=1e-6)
+    assert clipped.n_samples == 7
+    assert plain.n_samples == hospital.n_samples == 20
+    log = hospital.clipping_log
+    assert len(log) == 1
+    assert log[0]["clipped"] is True
+    assert log[0]["norm"] == pytest.approx(plain_norm, rel=1e-6)
+    assert not hasattr(clipped, "clipping_log")
+
+
+def test_train_rejects_bad_max_weight():
+    with pytest.raises(ValueError, match="max_weight"):
+        make_hospital().train(tiny_model(), local_epochs=1, lr=0.1, max_weight=0)
+
+
+def test_clip_update_rejects_integer_tensors():
+    delta = {"weight": torch.full((3,), 10.0), "num_batches_tracked": torch.tensor(7)}
+
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        clip_update(delta, max_norm=1.0)
+
+
+def test_clip_update_accepts_numpy_bound():
+    clipped, norm = clip_update({"a": torch.tensor([3.0, 4.0])}, max_norm=np.float32(1))
+
+    assert norm == pytest.approx(5.0)
+    assert torch.allclose(clipped["a"], torch.tensor([0.6, 0.8]))
+
+
+def test_train_checks_bound_before_training():
+    calls = []
+
+    def counting_step(model, dataset, **options):
+        calls.append(options)
+        return 0.0
+
+    with pytest.raises(ValueError, match="max_update_norm"):
+        make_hospital().train(
+            tiny_model(),
+            local_epochs=1,
+            lr=0.1,
+            local_step=counting_step,
+            max_update_norm=True,
+        )
+    assert calls == []
+
+
+def test_train_passes_on_leave_federation():
+    hospital = make_hospital()
+
+    def leaving_step(model, dataset, **options):
+        raise LeaveFederation("budget spent")
+
+    with pytest.raises(LeaveFederation, match="budget spent"):
+        hospital.train(
+            tiny_model(),
+            local_epochs=1,
+            lr=0.1,
+            local_step=leaving_step,
+            max_update_norm=1.0,
+        )
+    assert hospital.clipping_log == []

@@ -582,3 +582,72 @@ def test_label_table_rejects_bad_input():
         label_table(partition, np.array([0, 1, 1]), mask=np.array([1, 0, 1]))
     with pytest.raises(ValueError, match="labels has 3, mask has 2"):
         label_table(partition, np.array([0, 1, 1]), mask=np.array([True, False]))
+
+
+@pytest.mark.parametrize(
+    ("partitioner", "alpha"),
+    [(partition_dirichlet, 0.1), (partition_quantity_skew, 2.0)],
+)
+def test_train_mask_gives_every_hospital_training_images(partitioner, alpha):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, size=400)
+    train_mask = np.zeros(400, dtype=bool)
+    train_mask[:40] = True
+
+    partition = partitioner(labels, 8, alpha=alpha, seed=2, train_mask=train_mask)
+
+    counts = np.bincount(partition.assignment[train_mask], minlength=8)
+    assert counts.min() >= 1
+    assert counts.sum() == 40
+
+
+def test_train_mask_changes_only_what_draw_is_kept():
+    labels = np.random.default_rng(0).integers(0, 7, size=300)
+
+    plain = partition_dirichlet(labels, 5, alpha=0.5, seed=4)
+    masked = partition_dirichlet(
+        labels, 5, alpha=0.5, seed=4, train_mask=np.ones(300, dtype=bool)
+    )
+
+    np.testing.assert_array_equal(plain.assignment, masked.assignment)
+
+
+@pytest.mark.parametrize(
+    ("train_mask", "message"),
+    [
+        (np.ones(5, dtype=bool), "one entry per image"),
+        (np.ones(300, dtype=int), "bool array"),
+        (np.zeros(300, dtype=bool), "no training image"),
+    ],
+)
+def test_train_mask_rejects_bad_mask(train_mask, message):
+    labels = np.random.default_rng(0).integers(0, 7, size=300)
+    with pytest.raises(ValueError, match=message):
+        partition_dirichlet(labels, 3, alpha=1.0, train_mask=train_mask)
+
+
+def test_natural_fallback_passes_train_mask():
+    labels = np.random.default_rng(0).integers(0, 7, size=400)
+    train_mask = np.zeros(400, dtype=bool)
+    train_mask[::20] = True
+
+    with pytest.warns(UserWarning, match="alpha=0.1"):
+        partition = natural_partition(
+            None, labels, n_hospitals=6, alpha=0.1, seed=1, train_mask=train_mask
+        )
+
+    assert np.unique(partition.assignment[train_mask]).size == 6
+
+
+def test_natural_partition_site_without_training_images():
+    sites = np.array(["A"] * 30 + ["B"] * 30)
+    labels = np.zeros(60, dtype=int)
+    train_mask = np.r_[np.ones(30, dtype=bool), np.zeros(30, dtype=bool)]
+
+    with pytest.raises(ValueError, match=r"Sites \['B'\] have no training images"):
+        natural_partition(sites, labels, train_mask=train_mask)
+    with pytest.raises(ValueError, match="one entry per image"):
+        natural_partition(sites, labels, train_mask=np.ones(3, dtype=bool))
+
+    partition = natural_partition(sites, labels, train_mask=np.ones(60, dtype=bool))
+    assert partition.names == ("A", "B")
