@@ -404,8 +404,8 @@ def natural_partition(
         alpha: Dirichlet concentration of the fallback, > 0.
         seed: seed of the fallback.
         train_mask: optional (N,) bool, True for training images. The fallback
-            draws until every hospital gets some; with sites, a site without
-            any raises.
+            draws until every hospital gets some. With sites, a site without
+            any raises ValueError.
     """
     labels = _as_1d(labels, "labels")
     if sites is not None:
@@ -685,7 +685,7 @@ def _check_train_mask(train_mask: np.ndarray | None, n_images: int) -> np.ndarra
 def _covers_every_hospital(
     assignment: np.ndarray, n_hospitals: int, train_mask: np.ndarray
 ) -> bool:
-    """Check that every hospital holds at least one image marked in train_mask."""
+    """Check that every hospital has at least one image marked in train_mask."""
     return np.unique(assignment[train_mask]).size == n_hospitals
 
 
