@@ -410,17 +410,15 @@ def run_federated(
             else:
                 updates.append(update)
 
+        valid = []
+        if updates:
+            valid = validate_updates(global_state, updates, round=round_number)
+        # A round in which every sampled hospital left keeps the weights, but an
+        # empty Poisson round still reaches the aggregator (noise alone).
         if updates or len(chosen) == 0:
-            valid = (
-                validate_updates(global_state, updates, round=round_number)
-                if updates
-                else []
-            )
             new_state = aggregate(global_state, valid)
             _check_new_state(global_state, new_state, round_number)
             model.load_state_dict(new_state)
-        else:
-            valid = []
 
         record = _round_record(model, hospitals, updates, valid, round_number)
         record["left"] = tuple(left)
