@@ -110,7 +110,10 @@ def clip_update(
     """
     _check_max_norm(max_norm, "max_norm")
     if not delta:
-        raise ValueError("The update has no tensors to clip.")
+        raise ValueError(
+            "The update is empty: it has no tensors to clip. Pass the delta of "
+            "a trained model, one tensor per state_dict key."
+        )
     integer_keys = [
         key for key, value in delta.items() if not torch.is_floating_point(value)
     ]
@@ -128,7 +131,7 @@ def clip_update(
     norm = math.sqrt(squared)
     if not math.isfinite(norm):
         raise ValueError(
-            "The update holds non-finite values, so its norm is undefined and it "
+            "The update contains non-finite values, so its norm is undefined and it "
             "cannot be clipped. Lower the learning rate or check the data."
         )
 
@@ -412,7 +415,7 @@ class Hospital:
 
         One entry per update trained with `max_update_norm`: the norm before
         clipping, the bound, and whether the update was scaled down. The hospital
-        keeps this record; nothing in it is sent with the update.
+        keeps this record, and nothing in it is sent with the update.
         """
         return [dict(entry) for entry in self._clipping_log]
 
