@@ -1,15 +1,18 @@
-"""Time every notebook and report notebook 3's headline metrics over three seeds.
+"""Time the notebooks and report notebook 3's headline metrics over three seeds.
 
 Each notebook runs headless in a fresh kernel, on a copy: the committed notebooks
 are never written. Peak memory is the largest resident set size of this
 process's children (the kernel), sampled every 0.1 s, so a shorter spike can be
-missed. The seed runs re-execute notebook 3 with its SEED setting replaced, which
-also changes the synthetic data and the split, and read its `results` table.
+missed. The timings end with the total, the largest notebook peak (the series'
+peak memory) and the total against the series' run-time budget of 17 minutes.
+The seed runs re-execute notebook 3 with its SEED setting replaced, which also
+changes the synthetic data and the split, and read its `results` table.
 
 Usage:
     .venv/bin/python benchmarks/run.py             # timings, then seeds 0, 1, 2
     .venv/bin/python benchmarks/run.py --seeds 0   # one seed only
     .venv/bin/python benchmarks/run.py --no-seeds  # timings only
+    .venv/bin/python benchmarks/run.py --no-seeds --notebooks 01 03  # two only
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 FEDERATED_NOTEBOOK = NOTEBOOKS / "03_federated_averaging.ipynb"
+# Run-time budget of the whole series on one thread, the sum of the notebooks' own.
+SERIES_BUDGET_SECONDS = 17 * 60
 
 
 class PeakMemory:
@@ -122,10 +127,46 @@ def headline(results: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def time_notebooks() -> None:
-    """Execute every notebook once and print its wall time and peak memory."""
+def select_notebooks(names: list[str]) -> list[Path]:
+    """Pick notebooks by file name, stem or number prefix ("01", "01_data").
+
+    An empty `names` selects every notebook, and the series order is kept.
+
+    Raises:
+        ValueError: if a name matches no notebook or more than one.
+    """
+    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
+    if not names:
+        return notebooks
+
+    chosen = set()
+    for name in names:
+        matches = [
+            path
+            for path in notebooks
+            if name in (path.name, path.stem) or path.stem.startswith(f"{name}_")
+        ]
+        if len(matches) != 1:
+            found = "no notebook" if not matches else f"{len(matches)} notebooks"
+            available = ", ".join(path.name for path in notebooks)
+            raise ValueError(
+                f"notebook {name!r} matches {found}. Use a file name, a stem or a "
+                f"number prefix of exactly one of: {available}."
+            )
+        chosen.add(matches[0])
+    return [path for path in notebooks if path in chosen]
+
+
+def time_notebooks(paths: list[Path], n_series: int) -> None:
+    """Execute each notebook once and print its wall time, peak memory and totals.
+
+    Args:
+        paths: the notebooks to time, in series order.
+        n_series: the number of notebooks in the series, to say when the total
+            covers only some of them.
+    """
     rows = []
-    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+    for path in paths:
         seconds, peak = execute(nbformat.read(path, as_version=4))
         rows.append(
             {"notebook": path.name, "seconds": seconds, "peak MiB": peak / 2**20}
@@ -133,7 +174,19 @@ def time_notebooks() -> None:
         print(f"{path.name}: {seconds:.0f} s, peak {peak / 2**20:.0f} MiB", flush=True)
     timings = pd.DataFrame(rows).set_index("notebook")
     print(timings.round(0).to_string())
-    print(f"all notebooks: {timings['seconds'].sum():.0f} s")
+
+    total = timings["seconds"].sum()
+    peaks = timings["peak MiB"]
+    print(f"total of {len(paths)} notebooks: {total:.0f} s ({total / 60:.1f} min)")
+    print(f"largest peak memory: {peaks.max():.0f} MiB, in {peaks.idxmax()}")
+
+    budget = SERIES_BUDGET_SECONDS
+    verdict = "within" if total <= budget else "over"
+    scope = "" if len(paths) == n_series else f" ({len(paths)} of {n_series} timed)"
+    print(
+        f"{verdict} the series budget of {budget} s ({budget // 60} min): "
+        f"{total / budget:.0%} of it{scope}"
+    )
 
 
 def seeded_metrics(seeds: list[int]) -> None:
@@ -162,7 +215,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--no-seeds", action="store_true", help="timings only")
     parser.add_argument("--no-timings", action="store_true", help="seeded metrics only")
+    parser.add_argument(
+        "--notebooks",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="time only these notebooks: file names, stems or number prefixes (01)",
+    )
     arguments = parser.parse_args()
+    try:
+        series = select_notebooks([])
+        paths = select_notebooks(arguments.notebooks)
+    except ValueError as error:
+        parser.error(str(error))
     os.environ["CI"] = "true"  # quiet progress bars, as in CI
 
     print(
@@ -170,7 +235,7 @@ def main() -> None:
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB"
     )
     if not arguments.no_timings:
-        time_notebooks()
+        time_notebooks(paths, n_series=len(series))
     if not arguments.no_seeds:
         seeded_metrics(arguments.seeds)
 

@@ -95,7 +95,10 @@ class SecureAggregator:
 
     new = global + server_lr * sum_k(n_k * delta_k) / sum_k(n_k), both sums
     computed by the protocol, so the server never receives a single update or
-    a single n_k. Use the same `max_update_norm` and `max_weight` in
+    a single n_k. With `server_momentum` beta > 0 the server steps along the
+    velocity v <- beta * v + mean instead (FedAvgM, as `ServerMomentum` in
+    `helpers.federated`); it works on the decoded mean only, so any DP noise
+    the hospitals added covers it too. Use the same `max_update_norm` and `max_weight` in
     `run_federated`, whose hospitals then clip and cap before sending.
 
     Args:
@@ -117,6 +120,8 @@ class SecureAggregator:
             against it, and a larger value raises ValueError naming the
             hospital.
         server_lr: step size on the averaged update.
+        server_momentum: the server momentum beta in [0, 1); 0 for plain
+            averaging. The velocity persists across calls.
         protocol: "masking" for the dropout-tolerant pairwise masking, or
             "additive" for plain additive sharing between the hospitals
             (`run_additive_sharing`), which needs every hospital and takes no
@@ -129,6 +134,8 @@ class SecureAggregator:
     Attributes:
         channel: the record of every message the server received.
         rounds: one RoundReport per call that returned.
+        velocity: the server's momentum velocity after the latest round, None
+            before the first or without server momentum.
 
     Raises:
         TypeError: on a setting of the wrong type (a bool or a str in place
@@ -159,6 +166,7 @@ class SecureAggregator:
         hospital_noise: HospitalNoise | None = None,
         noise_bound: float = 0.0,
         server_lr: float = 1.0,
+        server_momentum: float = 0.0,
         protocol: str = "masking",
         keep_rounds: int | None = None,
     ) -> None:
@@ -171,6 +179,13 @@ class SecureAggregator:
         if hospital_noise is None and noise_bound > 0:
             raise ValueError("noise_bound is set but no hospital_noise is given.")
         server_lr = check_float_setting(server_lr, "server_lr")
+        server_momentum = check_float_setting(
+            server_momentum, "server_momentum", allow_zero=True
+        )
+        if server_momentum >= 1:
+            raise ValueError(
+                f"server_momentum must lie in [0, 1), got {server_momentum!r}."
+            )
         if keep_rounds is not None:
             keep_rounds = check_int_setting(keep_rounds, "keep_rounds", minimum=1)
         if protocol not in PROTOCOLS:
@@ -196,6 +211,8 @@ class SecureAggregator:
         self.hospital_noise = hospital_noise
         self.noise_bound = noise_bound
         self.server_lr = server_lr
+        self.server_momentum = server_momentum
+        self.velocity: np.ndarray | None = None
         self.protocol = protocol
         self.keep_rounds = keep_rounds
         self.channel = Channel()
@@ -307,9 +324,18 @@ class SecureAggregator:
                 f"Round {round_number}: the summed weight is {total_weight}, so the "
                 "average is undefined."
             )
-        new_state = _apply_mean(
-            global_state, weighted_sum / total_weight, self.server_lr
-        )
+        step = weighted_sum / total_weight
+        if self.server_momentum > 0:
+            if self.velocity is not None and self.velocity.shape != step.shape:
+                raise ValueError(
+                    f"Round {round_number}: the model has {step.size} values, the "
+                    f"server's velocity {self.velocity.size}. Use a new "
+                    "SecureAggregator for another model."
+                )
+            previous = 0.0 if self.velocity is None else self.velocity
+            self.velocity = self.server_momentum * previous + step
+            step = self.velocity
+        new_state = _apply_mean(global_state, step, self.server_lr)
 
         self.rounds.append(
             RoundReport(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import crypto
-from helpers.federated import fedavg, run_federated
+from helpers.federated import ServerMomentum, fedavg, run_federated
 from helpers.hospital import Hospital, Update
 from helpers.models import SkinLesionCNN
 from helpers.secure_aggregation import (
@@ -114,6 +114,51 @@ def test_secure_step_equals_fedavg():
     assert report.threshold == 3
     assert report.bytes_received > 0
     assert report.bytes_sent > 0
+
+
+def test_server_momentum_equals_fedavgm():
+    secure = SecureAggregator(
+        max_update_norm=1.0, max_weight=30, server_momentum=0.5, seed=0
+    )
+    plain = ServerMomentum(momentum=0.5)
+    state = plain_state = hand_state()
+    updates = hand_updates()
+
+    for _ in range(3):
+        state = secure(state, updates)
+        plain_state = plain(plain_state, updates)
+
+    assert max_gap(state, plain_state) < 1e-6
+    # The same mean three times: the velocity is (1 + 0.5 + 0.25) times it.
+    mean = secure.rounds[0].weighted_sum / secure.rounds[0].total_weight
+    assert np.allclose(secure.velocity, 1.75 * mean)
+    assert max_gap(state, hand_state()) > 0.01
+
+
+def test_server_momentum_rejects_another_model():
+    secure = SecureAggregator(
+        max_update_norm=1.0, max_weight=30, server_momentum=0.9, seed=0
+    )
+    secure(hand_state(), hand_updates())
+    other = {"w": torch.zeros(2)}
+    updates = [
+        Update(
+            hospital=name,
+            delta={"w": torch.full((2,), 0.1)},
+            n_samples=3,
+            train_loss=1.0,
+        )
+        for name in "ab"
+    ]
+
+    with pytest.raises(ValueError, match="velocity"):
+        secure(other, updates)
+
+
+@pytest.mark.parametrize("momentum", [1.0, 1.5, -0.1])
+def test_server_momentum_outside_range_raises(momentum):
+    with pytest.raises(ValueError, match="server_momentum"):
+        SecureAggregator(max_update_norm=1.0, max_weight=30, server_momentum=momentum)
 
 
 def test_additive_protocol_equals_fedavg():
