@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -31,6 +32,11 @@ import psutil
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+# The script runs by its path, so the repository root, where tools/ lives, is not
+# on the import path by itself.
+sys.path.insert(0, str(ROOT))
+from tools.notebook_files import select_notebooks  # noqa: E402
+
 NOTEBOOKS = ROOT / "notebooks"
 FEDERATED_NOTEBOOK = NOTEBOOKS / "03_federated_averaging.ipynb"
 # Run-time budget of the whole series on one thread, the sum of the notebooks' own.
@@ -127,36 +133,6 @@ def headline(results: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def select_notebooks(names: list[str]) -> list[Path]:
-    """Pick notebooks by file name, stem or number prefix ("01", "01_data").
-
-    An empty `names` selects every notebook, and the series order is kept.
-
-    Raises:
-        ValueError: if a name matches no notebook or more than one.
-    """
-    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
-    if not names:
-        return notebooks
-
-    chosen = set()
-    for name in names:
-        matches = [
-            path
-            for path in notebooks
-            if name in (path.name, path.stem) or path.stem.startswith(f"{name}_")
-        ]
-        if len(matches) != 1:
-            found = "no notebook" if not matches else f"{len(matches)} notebooks"
-            available = ", ".join(path.name for path in notebooks)
-            raise ValueError(
-                f"notebook {name!r} matches {found}. Use a file name, a stem or a "
-                f"number prefix of exactly one of: {available}."
-            )
-        chosen.add(matches[0])
-    return [path for path in notebooks if path in chosen]
-
-
 def time_notebooks(paths: list[Path], n_series: int) -> None:
     """Execute each notebook once and print its wall time, peak memory and totals.
 
@@ -177,7 +153,8 @@ def time_notebooks(paths: list[Path], n_series: int) -> None:
 
     total = timings["seconds"].sum()
     peaks = timings["peak MiB"]
-    print(f"total of {len(paths)} notebooks: {total:.0f} s ({total / 60:.1f} min)")
+    count = f"{len(paths)} notebook" + ("" if len(paths) == 1 else "s")
+    print(f"total of {count}: {total:.0f} s ({total / 60:.1f} min)")
     print(f"largest peak memory: {peaks.max():.0f} MiB, in {peaks.idxmax()}")
 
     budget = SERIES_BUDGET_SECONDS
@@ -218,14 +195,17 @@ def main() -> None:
     parser.add_argument(
         "--notebooks",
         nargs="+",
+        action="extend",
         default=[],
         metavar="NAME",
         help="time only these notebooks: file names, stems or number prefixes (01)",
     )
     arguments = parser.parse_args()
+    if arguments.no_timings and arguments.notebooks:
+        parser.error("--notebooks selects notebooks to time; drop it or --no-timings.")
+    series = sorted(NOTEBOOKS.glob("*.ipynb"))
     try:
-        series = select_notebooks([])
-        paths = select_notebooks(arguments.notebooks)
+        paths = select_notebooks(series, arguments.notebooks)
     except ValueError as error:
         parser.error(str(error))
     os.environ["CI"] = "true"  # quiet progress bars, as in CI

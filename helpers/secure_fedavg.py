@@ -98,8 +98,9 @@ class SecureAggregator:
     a single n_k. With `server_momentum` beta > 0 the server steps along the
     velocity v <- beta * v + mean instead (FedAvgM, as `ServerMomentum` in
     `helpers.federated`); it works on the decoded mean only, so any DP noise
-    the hospitals added covers it too. Use the same `max_update_norm` and `max_weight` in
-    `run_federated`, whose hospitals then clip and cap before sending.
+    the hospitals added covers it too. Use the same `max_update_norm` and
+    `max_weight` in `run_federated`, whose hospitals then clip and cap before
+    sending.
 
     Args:
         max_update_norm: the declared L2 bound of every update.
@@ -213,6 +214,7 @@ class SecureAggregator:
         self.server_lr = server_lr
         self.server_momentum = server_momentum
         self.velocity: np.ndarray | None = None
+        self._layout: list[tuple[str, tuple[int, ...]]] | None = None
         self.protocol = protocol
         self.keep_rounds = keep_rounds
         self.channel = Channel()
@@ -268,6 +270,16 @@ class SecureAggregator:
                 "update. Each hospital takes part in a round once, with one "
                 "update, so that none is dropped or counted twice."
             )
+        layout = [(key, tuple(value.shape)) for key, value in global_state.items()]
+        if self.server_momentum > 0:
+            if self._layout is not None and layout != self._layout:
+                raise ValueError(
+                    f"Round {round_number}: the model's state_dict keys or shapes "
+                    "differ from the previous round's, so the server's momentum "
+                    "velocity does not fit it. Use a new SecureAggregator for "
+                    "another model."
+                )
+            self._layout = layout
         session = _session_of(round_number)
         encoding = self.encoding_for(len(updates))
         threshold = (
@@ -326,12 +338,6 @@ class SecureAggregator:
             )
         step = weighted_sum / total_weight
         if self.server_momentum > 0:
-            if self.velocity is not None and self.velocity.shape != step.shape:
-                raise ValueError(
-                    f"Round {round_number}: the model has {step.size} values, the "
-                    f"server's velocity {self.velocity.size}. Use a new "
-                    "SecureAggregator for another model."
-                )
             previous = 0.0 if self.velocity is None else self.velocity
             self.velocity = self.server_momentum * previous + step
             step = self.velocity

@@ -155,6 +155,31 @@ def test_server_momentum_rejects_another_model():
         secure(other, updates)
 
 
+def test_server_momentum_rejects_model_of_same_size():
+    secure = SecureAggregator(
+        max_update_norm=1.0, max_weight=30, server_momentum=0.5, seed=0
+    )
+    first = {"w": torch.zeros(6), "b": torch.zeros(3)}
+    second = {"x": torch.zeros(3, 3)}
+
+    def updates_for(state):
+        return [
+            Update(
+                hospital=name,
+                delta={k: torch.full_like(v, 0.1) for k, v in state.items()},
+                n_samples=3,
+                train_loss=1.0,
+            )
+            for name in "ab"
+        ]
+
+    secure(first, updates_for(first))
+
+    with pytest.raises(ValueError, match="keys or shapes"):
+        secure(second, updates_for(second))
+    assert len(secure.rounds) == 1
+
+
 @pytest.mark.parametrize("momentum", [1.0, 1.5, -0.1])
 def test_server_momentum_outside_range_raises(momentum):
     with pytest.raises(ValueError, match="server_momentum"):
