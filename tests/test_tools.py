@@ -187,7 +187,10 @@ def test_make_student_notebook_removes_solutions():
     assert [cell.source for cell in copy.cells] == [
         "Exercise: compute 6 * 7.",
         "answer = None",
+        student.ANSWER_SOURCE,
     ]
+    assert copy.cells[2].metadata["tags"] == [student.ANSWER_TAG]
+    assert copy.cells[2].outputs == []
     assert copy.cells[1].outputs == []
     assert copy.cells[1].execution_count is None
     assert dict(copy.cells[1].metadata) == {"tags": ["nbval-check-output"]}
@@ -204,8 +207,15 @@ def test_make_student_notebook_tag_any_case():
 
     copy, removed = student.make_student_notebook(notebook)
 
+    answer = student.ANSWER_SOURCE
     assert removed == 2
-    assert [cell.source for cell in copy.cells] == ["x = 0", "x = 3", "x = 4"]
+    assert [cell.source for cell in copy.cells] == [
+        "x = 0",
+        answer,
+        answer,
+        "x = 3",
+        "x = 4",
+    ]
 
 
 def test_student_version_of_series(tmp_path, committed_unchanged):
@@ -218,17 +228,21 @@ def test_student_version_of_series(tmp_path, committed_unchanged):
     ]
     for copy in copies:
         original = nbformat.read(copy.source, as_version=4)
-        kept = [
-            cell.source
-            for cell in original.cells
-            if "solution" not in [t.lower() for t in cell.metadata.get("tags", [])]
-        ]
+        expected, n_solutions = [], 0
+        for cell in original.cells:
+            if "solution" not in [t.lower() for t in cell.metadata.get("tags", [])]:
+                expected.append(cell.source)
+                continue
+            n_solutions += 1
+            if cell.cell_type == "code":
+                expected.append(student.ANSWER_SOURCE)
         result = nbformat.read(copy.output, as_version=4)
         nbformat.validate(result)
-        assert [cell.source for cell in result.cells] == kept, copy.output.name
-        assert copy.n_cells == len(kept)
-        assert copy.n_solutions_removed == len(original.cells) - len(kept)
+        assert [cell.source for cell in result.cells] == expected, copy.output.name
+        assert copy.n_cells == len(expected)
+        assert copy.n_solutions_removed == n_solutions
         assert copy.n_solutions_removed > 0, f"{copy.output.name} has no solution"
+        assert copy.n_answer_cells == expected.count(student.ANSWER_SOURCE)
         code = [cell for cell in result.cells if cell.cell_type == "code"]
         assert all(cell.outputs == [] for cell in code), copy.output.name
         assert all(cell.execution_count is None for cell in code), copy.output.name
@@ -246,7 +260,8 @@ def test_student_main_reports_counts(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert status == 0
     assert lines[0] == (
-        "01_a.ipynb: 1 solution cell(s) removed, 1 cells kept, outputs cleared"
+        "01_a.ipynb: 1 solution cell(s) removed, 1 answer cell(s) added, 2 cells in "
+        "all, outputs cleared"
     )
     assert lines[1].startswith("02_b.ipynb: 0 solution cell(s) removed")
     assert lines[2] == f"student version of 2 notebook(s) in {tmp_path / 's'}"

@@ -1,10 +1,12 @@
 """Write the student version of the series: the notebooks without their solutions.
 
 Every notebook in the source folder is copied into the output folder with the
-cells tagged `solution` removed and every output cleared (nbconvert's
-ClearOutputPreprocessor), so learners run each cell themselves and see no result
-before they have produced it. The tag is matched case-insensitively, so
-`Solution` and `SOLUTION` cells are removed too. Execution counts and per-cell
+cells tagged `solution` removed (nbconvert's TagRemovePreprocessor) and every
+output cleared (its ClearOutputPreprocessor), so learners run each cell
+themselves and see no result before they have produced it. Each solution code
+cell leaves an empty answer cell, tagged `answer`, in its place, for the
+learner's own code. The tag is matched case-insensitively, so `Solution` and
+`SOLUTION` cells are removed too. Execution counts and per-cell
 execution timings go as well. Every notebook is read and checked before the
 first copy is written, so one invalid notebook leaves the output folder as it
 was. The committed notebooks are only read.
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import nbformat
 from nbconvert.exporters import NotebookExporter
-from nbconvert.preprocessors import ClearOutputPreprocessor
+from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocessor
 
 from tools.notebook_files import (
     BUILD_DIR,
@@ -37,6 +39,10 @@ from tools.notebook_files import (
 )
 
 SOLUTION_TAG = "solution"
+ANSWER_TAG = "answer"
+ANSWER_SOURCE = (
+    "# Your answer: write it here, then call the checker the exercise names."
+)
 DEFAULT_OUTPUT = BUILD_DIR / "student"
 
 
@@ -48,6 +54,7 @@ class StudentCopy:
     output: Path
     n_cells: int
     n_solutions_removed: int
+    n_answer_cells: int
 
 
 def is_solution(cell: nbformat.NotebookNode) -> bool:
@@ -64,16 +71,28 @@ def make_student_notebook(
     """Return a copy of `notebook` without solution cells or outputs.
 
     A cell is a solution if one of its tags is `solution` in any letter case.
+    An empty answer cell takes the place of each solution code cell.
 
     Returns:
         The student notebook and the number of solution cells removed.
     """
-    without_solutions = deepcopy(notebook)
-    without_solutions.cells = [
-        cell for cell in without_solutions.cells if not is_solution(cell)
-    ]
+    marked = deepcopy(notebook)
+    cells = []
+    for cell in marked.cells:
+        if is_solution(cell):
+            # One spelling of the tag, for nbconvert's exact match.
+            cell.metadata["tags"] = [SOLUTION_TAG]
+            if cell.cell_type == "code":
+                answer = nbformat.v4.new_code_cell(ANSWER_SOURCE)
+                answer.metadata["tags"] = [ANSWER_TAG]
+                cells.append(answer)
+        cells.append(cell)
+    marked.cells = cells
 
     exporter = NotebookExporter()
+    exporter.register_preprocessor(
+        TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}, enabled=True)
+    )
     exporter.register_preprocessor(
         ClearOutputPreprocessor(
             remove_metadata_fields={"collapsed", "scrolled", "execution"},
@@ -81,9 +100,9 @@ def make_student_notebook(
         )
     )
 
-    body, _ = exporter.from_notebook_node(without_solutions)
+    body, _ = exporter.from_notebook_node(marked)
     student = nbformat.reads(body, as_version=4)
-    return student, len(notebook.cells) - len(student.cells)
+    return student, sum(is_solution(cell) for cell in notebook.cells)
 
 
 def write_student_version(
@@ -124,7 +143,10 @@ def write_student_version(
     for path, student, removed in students:
         target = output / path.name
         nbformat.write(student, target)
-        copies.append(StudentCopy(path, target, len(student.cells), removed))
+        answers = sum(
+            ANSWER_TAG in cell.metadata.get("tags", []) for cell in student.cells
+        )
+        copies.append(StudentCopy(path, target, len(student.cells), removed, answers))
     return copies
 
 
@@ -160,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for copy in copies:
         print(
             f"{copy.output.name}: {copy.n_solutions_removed} solution cell(s) "
-            f"removed, {copy.n_cells} cells kept, outputs cleared"
+            f"removed, {copy.n_answer_cells} answer cell(s) added, "
+            f"{copy.n_cells} cells in all, outputs cleared"
         )
     print(f"student version of {len(copies)} notebook(s) in {copies[0].output.parent}")
     return 0
