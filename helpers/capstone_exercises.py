@@ -74,8 +74,7 @@ def check_hospital_variance(*, total_sigma: float, threshold: int, answer) -> bo
 
     Each hospital adds noise of variance v, in quanta squared, so that the noise
     of any `threshold` hospitals alone has variance total_sigma^2. Answers
-    within 0.5% pass, so three significant figures and the value that
-    `helpers.distributed_noise.hospital_variance` rounds up to both do.
+    within 0.5% pass, so three significant figures do.
 
     Raises:
         TypeError: if a setting or the answer is not a number.

@@ -270,8 +270,8 @@ class SecureAggregator:
                 "update. Each hospital takes part in a round once, with one "
                 "update, so that none is dropped or counted twice."
             )
-        layout = [(key, tuple(value.shape)) for key, value in global_state.items()]
         if self.server_momentum > 0:
+            layout = [(key, tuple(value.shape)) for key, value in global_state.items()]
             if self._layout is not None and layout != self._layout:
                 raise ValueError(
                     f"Round {round_number}: the model's state_dict keys or shapes "
